@@ -1,0 +1,448 @@
+//! Configuration: environment variables (and a `.env` file beneath them) turned into a validated
+//! [`Config`]. Lookups go through a function so tests never touch the process environment.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::env_file::{EnvFileError, parse_env_file};
+use crate::keys::ApiKey;
+use crate::provider::{AuthStyle, ErrorShape};
+
+/// One documented setting: its variable, default and meaning. `--help` and the README table are
+/// written from this list, so they cannot drift apart.
+pub struct Setting {
+    /// Environment variable.
+    pub name: &'static str,
+    /// Default, as shown to users.
+    pub default: &'static str,
+    /// What it does.
+    pub meaning: &'static str,
+}
+
+/// Every variable keyrelay reads.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        name: "PORT",
+        default: "3000",
+        meaning: "listen port (0 picks a free one)",
+    },
+    Setting {
+        name: "HOST",
+        default: "127.0.0.1",
+        meaning: "listen address",
+    },
+    Setting {
+        name: "OPENAI_API_KEYS",
+        default: "-",
+        meaning: "comma-separated OpenAI-style keys (spaces trimmed, empties and duplicates dropped)",
+    },
+    Setting {
+        name: "GEMINI_API_KEYS",
+        default: "-",
+        meaning: "comma-separated Gemini keys; at least one provider needs keys",
+    },
+    Setting {
+        name: "OPENAI_BASE_URL",
+        default: "https://api.openai.com",
+        meaning: "upstream for /openai/*; may carry a path and may be http://",
+    },
+    Setting {
+        name: "GEMINI_BASE_URL",
+        default: "https://generativelanguage.googleapis.com",
+        meaning: "upstream for /gemini/*",
+    },
+    Setting {
+        name: "BASE_URL",
+        default: "-",
+        meaning: "sets both upstreams at once; the specific variables win",
+    },
+    Setting {
+        name: "WORKERS",
+        default: "256",
+        meaning: "worker threads = most requests (and streams) forwarded at once",
+    },
+    Setting {
+        name: "MAX_BODY_BYTES",
+        default: "33554432",
+        meaning: "largest request body accepted (413 above)",
+    },
+    Setting {
+        name: "CONNECT_TIMEOUT_SECS",
+        default: "10",
+        meaning: "upstream connect timeout",
+    },
+    Setting {
+        name: "UPSTREAM_TIMEOUT_SECS",
+        default: "300",
+        meaning: "longest wait for upstream response headers, and longest silence in its body",
+    },
+    Setting {
+        name: "COOLDOWN_SECS",
+        default: "60",
+        meaning: "how long a 429 benches a key when the upstream gives no delay",
+    },
+    Setting {
+        name: "LOG_LEVEL",
+        default: "info",
+        meaning: "error, warn, info or debug",
+    },
+];
+
+/// How long a key answered with 401/403 stays benched: long enough to stop hammering a revoked
+/// key, short enough that a key fixed upstream comes back without a restart.
+pub const REJECTED_KEY_BENCH: Duration = Duration::from_secs(30 * 60);
+
+/// Log verbosity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings (benched keys).
+    Warn,
+    /// One line per request.
+    Info,
+    /// Each attempt.
+    Debug,
+}
+
+/// Settings for one provider.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// Route name.
+    pub name: String,
+    /// Upstream base URL, validated, no trailing slash.
+    pub base_url: String,
+    /// Keys, deduplicated, in order.
+    pub keys: Vec<ApiKey>,
+    /// Key injection.
+    pub auth: AuthStyle,
+    /// Error body shape.
+    pub shape: ErrorShape,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub host: IpAddr,
+    /// Listen port; 0 picks a free one.
+    pub port: u16,
+    /// Worker pool size.
+    pub workers: usize,
+    /// Largest request body.
+    pub max_body_bytes: u64,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Upstream header wait and body silence limit.
+    pub upstream_timeout: Duration,
+    /// Default 429 cooldown.
+    pub cooldown: Duration,
+    /// Log verbosity.
+    pub log_level: LogLevel,
+    /// Providers, keyed by route name, in a fixed order.
+    pub providers: Vec<ProviderConfig>,
+}
+
+/// Why the configuration was refused. Messages name the variable and never print a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A variable has a value that cannot be used.
+    Invalid {
+        /// The variable.
+        var: &'static str,
+        /// What was wrong and what is expected.
+        reason: String,
+    },
+    /// No provider has a key.
+    NoKeys,
+    /// The `.env` file has a line that cannot be read.
+    EnvFile(EnvFileError),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Invalid { var, reason } => write!(f, "{var}: {reason}"),
+            ConfigError::NoKeys => f.write_str(
+                "no API keys configured: set OPENAI_API_KEYS and/or GEMINI_API_KEYS \
+                 (comma-separated) in the environment or in a .env file",
+            ),
+            ConfigError::EnvFile(err) => write!(f, ".env {err}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Merges a `.env` file's text under the process environment: a variable set in the process
+/// wins. Returns the lookup function [`Config::from_lookup`] takes.
+pub fn layered_lookup(
+    env_file: Option<&str>,
+    process: impl Fn(&str) -> Option<String>,
+) -> Result<impl Fn(&str) -> Option<String>, ConfigError> {
+    let file_pairs = match env_file {
+        Some(text) => parse_env_file(text).map_err(ConfigError::EnvFile)?,
+        None => Vec::new(),
+    };
+    Ok(move |name: &str| {
+        process(name).or_else(|| {
+            file_pairs
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        })
+    })
+}
+
+impl Config {
+    /// Reads and validates every setting through `lookup`.
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let shared_base = get("BASE_URL")
+            .map(|v| parse_base_url("BASE_URL", &v))
+            .transpose()?;
+        let provider = |name: &str,
+                        keys_var: &'static str,
+                        base_var: &'static str,
+                        default_base: &str,
+                        auth: AuthStyle,
+                        shape: ErrorShape|
+         -> Result<ProviderConfig, ConfigError> {
+            let base_url = match get(base_var) {
+                Some(v) => parse_base_url(base_var, &v)?,
+                None => shared_base
+                    .clone()
+                    .unwrap_or_else(|| default_base.to_string()),
+            };
+            Ok(ProviderConfig {
+                name: name.to_string(),
+                base_url,
+                keys: parse_keys(get(keys_var).as_deref().unwrap_or("")),
+                auth,
+                shape,
+            })
+        };
+        let providers = vec![
+            provider(
+                "openai",
+                "OPENAI_API_KEYS",
+                "OPENAI_BASE_URL",
+                "https://api.openai.com",
+                AuthStyle::Bearer,
+                ErrorShape::OpenAi,
+            )?,
+            provider(
+                "gemini",
+                "GEMINI_API_KEYS",
+                "GEMINI_BASE_URL",
+                "https://generativelanguage.googleapis.com",
+                AuthStyle::Header("x-goog-api-key".to_string()),
+                ErrorShape::Gemini,
+            )?,
+        ];
+        if providers.iter().all(|p| p.keys.is_empty()) {
+            return Err(ConfigError::NoKeys);
+        }
+        let host = match get("HOST") {
+            Some(v) => v.parse().map_err(|_| ConfigError::Invalid {
+                var: "HOST",
+                reason: format!("{v:?} is not an IP address (use 127.0.0.1, 0.0.0.0 or ::1)"),
+            })?,
+            None => IpAddr::from([127, 0, 0, 1]),
+        };
+        Ok(Config {
+            host,
+            port: number(&get, "PORT", 3000, 0, u16::MAX as u64)? as u16,
+            workers: number(&get, "WORKERS", 256, 1, 16_384)? as usize,
+            max_body_bytes: number(&get, "MAX_BODY_BYTES", 32 * 1024 * 1024, 1, 1 << 40)?,
+            connect_timeout: secs(&get, "CONNECT_TIMEOUT_SECS", 10)?,
+            upstream_timeout: secs(&get, "UPSTREAM_TIMEOUT_SECS", 300)?,
+            cooldown: secs(&get, "COOLDOWN_SECS", 60)?,
+            log_level: parse_log_level(get("LOG_LEVEL").as_deref())?,
+            providers,
+        })
+    }
+
+    /// The provider settings for a route name.
+    pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
+        self.providers.iter().find(|p| p.name == name)
+    }
+}
+
+/// Splits a comma-separated key list: spaces trimmed, empties and duplicates dropped.
+pub fn parse_keys(list: &str) -> Vec<ApiKey> {
+    let mut keys: Vec<ApiKey> = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+        let key = ApiKey::new(part);
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+fn parse_base_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
+    let invalid = |reason: &str| ConfigError::Invalid {
+        var,
+        reason: format!("{value:?} {reason}"),
+    };
+    let rest = value
+        .strip_prefix("http://")
+        .or_else(|| value.strip_prefix("https://"))
+        .ok_or_else(|| invalid("is not an http:// or https:// URL"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(invalid("has no host"));
+    }
+    if rest.contains(['?', '#']) {
+        return Err(invalid("must not carry a query or fragment"));
+    }
+    Ok(value.trim_end_matches('/').to_string())
+}
+
+fn number(
+    get: &dyn Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let Some(text) = get(var) else {
+        return Ok(default);
+    };
+    match text.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(ConfigError::Invalid {
+            var,
+            reason: format!("{text:?} is not a whole number from {min} to {max}"),
+        }),
+    }
+}
+
+fn secs(
+    get: &dyn Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: u64,
+) -> Result<Duration, ConfigError> {
+    number(get, var, default, 1, 7 * 24 * 3600).map(Duration::from_secs)
+}
+
+fn parse_log_level(value: Option<&str>) -> Result<LogLevel, ConfigError> {
+    match value.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("info") => Ok(LogLevel::Info),
+        Some("error") => Ok(LogLevel::Error),
+        Some("warn") | Some("warning") => Ok(LogLevel::Warn),
+        Some("debug") | Some("trace") => Ok(LogLevel::Debug),
+        Some(other) => Err(ConfigError::Invalid {
+            var: "LOG_LEVEL",
+            reason: format!("{other:?} is not one of error, warn, info, debug"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(&|name: &str| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = config(&[("OPENAI_API_KEYS", "a")]).unwrap();
+        assert_eq!(c.port, 3000);
+        assert_eq!(c.host.to_string(), "127.0.0.1");
+        assert_eq!(c.max_body_bytes, 33_554_432);
+        assert_eq!(c.upstream_timeout, Duration::from_secs(300));
+        assert_eq!(
+            c.provider("openai").unwrap().base_url,
+            "https://api.openai.com"
+        );
+        assert!(c.provider("gemini").unwrap().keys.is_empty());
+    }
+
+    #[test]
+    fn keys_are_trimmed_and_deduplicated() {
+        let keys = parse_keys(" k1, ,k2,k1 ,,k3 ");
+        let secrets: Vec<&str> = keys.iter().map(ApiKey::secret).collect();
+        assert_eq!(secrets, vec!["k1", "k2", "k3"]);
+    }
+
+    #[test]
+    fn base_url_precedence() {
+        let c = config(&[
+            ("GEMINI_API_KEYS", "g"),
+            ("BASE_URL", "http://shared:1/"),
+            ("OPENAI_BASE_URL", "https://openrouter.ai/api"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.provider("openai").unwrap().base_url,
+            "https://openrouter.ai/api"
+        );
+        assert_eq!(c.provider("gemini").unwrap().base_url, "http://shared:1");
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("OPENAI_API_KEYS", "a"), ("PORT", "abc")], "PORT"),
+            (&[("OPENAI_API_KEYS", "a"), ("PORT", "70000")], "PORT"),
+            (
+                &[("OPENAI_API_KEYS", "a"), ("OPENAI_BASE_URL", "ftp://x")],
+                "OPENAI_BASE_URL",
+            ),
+            (
+                &[("OPENAI_API_KEYS", "a"), ("BASE_URL", "https://")],
+                "BASE_URL",
+            ),
+            (&[("OPENAI_API_KEYS", "a"), ("HOST", "localhost:1")], "HOST"),
+            (&[("OPENAI_API_KEYS", "a"), ("WORKERS", "0")], "WORKERS"),
+            (
+                &[("OPENAI_API_KEYS", "a"), ("LOG_LEVEL", "loud")],
+                "LOG_LEVEL",
+            ),
+            (
+                &[("OPENAI_API_KEYS", "a"), ("COOLDOWN_SECS", "-1")],
+                "COOLDOWN_SECS",
+            ),
+            (&[], "GEMINI_API_KEYS"),
+            (&[("OPENAI_API_KEYS", " , ")], "OPENAI_API_KEYS"),
+        ];
+        for (vars, name) in cases {
+            let err = config(vars).unwrap_err().to_string();
+            assert!(err.contains(name), "{vars:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn process_environment_wins_over_env_file() {
+        let file = "OPENAI_API_KEYS=from-file\nexport PORT=4000\nGEMINI_API_KEYS='g1,g2'\n";
+        let lookup = layered_lookup(Some(file), |name| {
+            (name == "OPENAI_API_KEYS").then(|| "from-env".to_string())
+        })
+        .unwrap();
+        let c = Config::from_lookup(&lookup).unwrap();
+        assert_eq!(c.provider("openai").unwrap().keys[0].secret(), "from-env");
+        assert_eq!(c.port, 4000);
+        assert_eq!(c.provider("gemini").unwrap().keys.len(), 2);
+    }
+
+    #[test]
+    fn bad_env_file_is_an_error() {
+        let result = layered_lookup(Some("A=1\nnonsense\n"), |_| None);
+        assert!(matches!(result, Err(ConfigError::EnvFile(e)) if e.line == 2));
+    }
+}

@@ -1,0 +1,267 @@
+//! Errors keyrelay answers itself, each mapped in one table to a status and a JSON body in the
+//! provider's own error shape, with a message that says what to do.
+
+use std::fmt;
+
+use crate::json::quote;
+use crate::provider::ErrorShape;
+
+/// An answer keyrelay writes instead of relaying one from upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyError {
+    /// No route matches the path.
+    NotFound {
+        /// The routes that exist, e.g. `/openai/*`.
+        routes: Vec<String>,
+    },
+    /// The provider exists but has no keys.
+    NoKeys {
+        /// The variable to set.
+        keys_var: String,
+    },
+    /// The request body is over MAX_BODY_BYTES.
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The request body could not be read.
+    BadBody,
+    /// The method, path or a header cannot be sent upstream as it is.
+    BadRequest,
+    /// Every key is cooling down or failed with 429.
+    Exhausted {
+        /// Whole seconds until the earliest key frees, at least 1.
+        retry_after_secs: u64,
+    },
+    /// The upstream could not be reached with any key.
+    Unreachable {
+        /// Upstream host (never a URL with a query).
+        host: String,
+    },
+    /// The upstream did not answer in time after the request was sent.
+    Timeout {
+        /// Upstream host.
+        host: String,
+        /// The limit that ran out.
+        secs: u64,
+    },
+    /// A bug: keyrelay failed while handling this request.
+    Internal,
+}
+
+/// The parts of an error answer.
+pub struct ErrorAnswer {
+    /// HTTP status.
+    pub status: u16,
+    /// Extra headers (e.g. Retry-After).
+    pub headers: Vec<(&'static str, String)>,
+    /// JSON body.
+    pub body: String,
+}
+
+impl ProxyError {
+    /// Status, the code word used in bodies, and the message.
+    fn parts(&self) -> (u16, &'static str, String) {
+        match self {
+            ProxyError::NotFound { routes } => (
+                404,
+                "not_found",
+                format!(
+                    "No route for this path. keyrelay serves {}; point your SDK's base URL at one of them.",
+                    routes.join(", ")
+                ),
+            ),
+            ProxyError::NoKeys { keys_var } => (
+                503,
+                "no_keys",
+                format!("No API keys configured for this provider: set {keys_var} and restart keyrelay."),
+            ),
+            ProxyError::BodyTooLarge { limit } => (
+                413,
+                "request_too_large",
+                format!("Request body is larger than {limit} bytes; send a smaller body or raise MAX_BODY_BYTES."),
+            ),
+            ProxyError::BadBody => (
+                400,
+                "invalid_request_body",
+                "The request body could not be read (connection closed or malformed chunked encoding); send it again.".to_string(),
+            ),
+            ProxyError::BadRequest => (
+                400,
+                "invalid_request",
+                "The request's method, path or headers cannot be forwarded (invalid characters); fix the request and retry.".to_string(),
+            ),
+            ProxyError::Exhausted { retry_after_secs } => (
+                429,
+                "rate_limit_exceeded",
+                format!("All API keys for this provider are rate limited or unavailable; retry after {retry_after_secs} s or add keys."),
+            ),
+            ProxyError::Unreachable { host } => (
+                502,
+                "upstream_unreachable",
+                format!("Could not reach the upstream {host} with any key; check its base URL and the network, then retry."),
+            ),
+            ProxyError::Timeout { host, secs } => (
+                504,
+                "upstream_timeout",
+                format!("The upstream {host} sent nothing for {secs} s; retry, or raise UPSTREAM_TIMEOUT_SECS for slow models."),
+            ),
+            ProxyError::Internal => (
+                500,
+                "internal_error",
+                "keyrelay failed while handling this request; retry, and report it if it repeats.".to_string(),
+            ),
+        }
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> u16 {
+        self.parts().0
+    }
+
+    /// Renders the answer in `shape`.
+    pub fn answer(&self, shape: ErrorShape) -> ErrorAnswer {
+        let (status, code, message) = self.parts();
+        let mut headers = Vec::new();
+        if let ProxyError::Exhausted { retry_after_secs } = self {
+            headers.push(("retry-after", retry_after_secs.to_string()));
+        }
+        ErrorAnswer {
+            status,
+            headers,
+            body: render(shape, status, code, &message),
+        }
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.parts().2)
+    }
+}
+
+/// A JSON error body in `shape`.
+pub fn render(shape: ErrorShape, status: u16, code: &str, message: &str) -> String {
+    let message = quote(message);
+    match shape {
+        ErrorShape::OpenAi => format!(
+            r#"{{"error":{{"message":{message},"type":{},"code":{}}}}}"#,
+            quote(openai_type(status)),
+            quote(code)
+        ),
+        ErrorShape::Gemini => format!(
+            r#"{{"error":{{"code":{status},"message":{message},"status":{}}}}}"#,
+            quote(google_status(status))
+        ),
+        ErrorShape::Anthropic => format!(
+            r#"{{"type":"error","error":{{"type":{},"message":{message}}}}}"#,
+            quote(anthropic_type(status))
+        ),
+    }
+}
+
+fn openai_type(status: u16) -> &'static str {
+    match status {
+        429 => "rate_limit_error",
+        401 | 403 => "authentication_error",
+        400 | 404 | 413 => "invalid_request_error",
+        _ => "server_error",
+    }
+}
+
+fn google_status(status: u16) -> &'static str {
+    match status {
+        400 | 413 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        429 => "RESOURCE_EXHAUSTED",
+        502 | 503 => "UNAVAILABLE",
+        504 => "DEADLINE_EXCEEDED",
+        _ => "INTERNAL",
+    }
+}
+
+fn anthropic_type(status: u16) -> &'static str {
+    match status {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        let cases: Vec<(ProxyError, u16)> = vec![
+            (
+                ProxyError::NotFound {
+                    routes: vec!["/openai/*".into()],
+                },
+                404,
+            ),
+            (
+                ProxyError::NoKeys {
+                    keys_var: "GEMINI_API_KEYS".into(),
+                },
+                503,
+            ),
+            (ProxyError::BodyTooLarge { limit: 10 }, 413),
+            (ProxyError::BadBody, 400),
+            (ProxyError::BadRequest, 400),
+            (
+                ProxyError::Exhausted {
+                    retry_after_secs: 7,
+                },
+                429,
+            ),
+            (ProxyError::Unreachable { host: "h".into() }, 502),
+            (
+                ProxyError::Timeout {
+                    host: "h".into(),
+                    secs: 3,
+                },
+                504,
+            ),
+            (ProxyError::Internal, 500),
+        ];
+        for (error, status) in cases {
+            for shape in [
+                ErrorShape::OpenAi,
+                ErrorShape::Gemini,
+                ErrorShape::Anthropic,
+            ] {
+                let answer = error.answer(shape);
+                assert_eq!(answer.status, status);
+                assert!(answer.body.starts_with('{') && answer.body.ends_with('}'));
+                assert!(answer.body.contains("\"error\""));
+            }
+        }
+    }
+
+    #[test]
+    fn shapes() {
+        let e = ProxyError::Exhausted {
+            retry_after_secs: 7,
+        };
+        let openai = e.answer(ErrorShape::OpenAi);
+        assert!(
+            openai
+                .body
+                .contains(r#""type":"rate_limit_error","code":"rate_limit_exceeded""#)
+        );
+        assert_eq!(openai.headers, vec![("retry-after", "7".to_string())]);
+        let gemini = e.answer(ErrorShape::Gemini).body;
+        assert!(gemini.contains(r#""code":429"#) && gemini.contains("RESOURCE_EXHAUSTED"));
+        let anthropic = e.answer(ErrorShape::Anthropic).body;
+        assert!(anthropic.starts_with(r#"{"type":"error","error":{"type":"rate_limit_error""#));
+    }
+}

@@ -1,0 +1,79 @@
+//! Which headers cross the proxy. Hop-by-hop headers stay on their own connection; `host` and
+//! `content-length` are set by whoever frames the next hop; client credentials never travel.
+
+use crate::provider::CLIENT_CREDENTIAL_HEADERS;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the framing headers each side sets itself.
+const NOT_FORWARDED: [&str; 11] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "host",
+];
+
+/// True when a header named `name` (any case) must not be copied to the next hop.
+/// `connection_tokens` are the extra names the message's own `Connection` header lists.
+pub fn is_hop_by_hop(name: &str, connection_tokens: &[String]) -> bool {
+    NOT_FORWARDED.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || connection_tokens
+            .iter()
+            .any(|t| name.eq_ignore_ascii_case(t))
+}
+
+/// The header names listed in a `Connection` value (lower-cased), e.g. `close, x-foo`.
+pub fn connection_tokens(value: Option<&str>) -> Vec<String> {
+    value
+        .map(|v| {
+            v.split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .filter(|t| !t.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// True for a request header that goes upstream: not hop-by-hop, not a client credential,
+/// not `expect` (keyrelay has already answered any 100-continue), not the client's request id
+/// (keyrelay sends its own).
+pub fn forward_request_header(name: &str, connection_tokens: &[String]) -> bool {
+    !is_hop_by_hop(name, connection_tokens)
+        && !CLIENT_CREDENTIAL_HEADERS
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h))
+        && !name.eq_ignore_ascii_case("expect")
+        && !name.eq_ignore_ascii_case("x-request-id")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_headers() {
+        let tokens = connection_tokens(Some("keep-alive, X-Secret-Hop"));
+        let cases = [
+            ("Content-Type", true),
+            ("openai-organization", true),
+            ("anthropic-version", true),
+            ("Authorization", false),
+            ("X-Goog-Api-Key", false),
+            ("x-api-key", false),
+            ("Host", false),
+            ("Content-Length", false),
+            ("Transfer-Encoding", false),
+            ("x-secret-hop", false),
+            ("Expect", false),
+            ("X-Request-Id", false),
+        ];
+        for (name, forwarded) in cases {
+            assert_eq!(forward_request_header(name, &tokens), forwarded, "{name}");
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! API keys and the pool that hands them out: round robin by ticket, cooldowns, per-key counters.
+//!
+//! Pure state: every method that depends on time takes `now`, so tests drive the clock. One
+//! `Mutex` guards the whole pool state; it is held only for a few field updates, never across I/O.
+
+use std::fmt;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// A secret API key. `Display` and `Debug` print only its mask; the secret is reachable only
+/// through [`ApiKey::secret`], which the request builder calls to inject it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Wraps a key.
+    pub fn new(secret: impl Into<String>) -> Self {
+        ApiKey(secret.into())
+    }
+
+    /// The key itself, for the upstream request only.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+
+    /// A form that is safe to log: first 4 and last 4 characters for keys of 12 or more
+    /// characters, `***` for shorter ones (too little would be left hidden).
+    pub fn mask(&self) -> String {
+        mask_secret(&self.0)
+    }
+}
+
+/// Masks any secret the way keys are masked; also used for client tokens.
+pub fn mask_secret(secret: &str) -> String {
+    let chars: Vec<char> = secret.chars().collect();
+    if chars.len() < 12 {
+        return "***".to_string();
+    }
+    let head: String = chars[..4].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}...{tail}")
+}
+
+impl fmt::Display for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.mask())
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKey({})", self.mask())
+    }
+}
+
+/// Why a key is benched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchReason {
+    /// The upstream answered 429.
+    RateLimited,
+    /// The upstream answered 401 or 403: the key is probably revoked or lacks access.
+    Rejected(u16),
+}
+
+impl fmt::Display for BenchReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BenchReason::RateLimited => f.write_str("rate limited (429)"),
+            BenchReason::Rejected(status) => write!(f, "rejected by upstream ({status})"),
+        }
+    }
+}
+
+/// A cooldown on a key, for every model (`model: None`) or for one model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bench {
+    /// The model the cooldown applies to; `None` benches the whole key.
+    pub model: Option<String>,
+    /// When the key may be used again.
+    pub until: Instant,
+    /// Why it was benched.
+    pub reason: BenchReason,
+}
+
+/// How an attempt with a key ended, for the per-key counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptClass {
+    /// The answer was relayed to the client.
+    Success,
+    /// 429.
+    RateLimited,
+    /// 401 / 403.
+    Rejected,
+    /// 5xx from the upstream.
+    ServerError,
+    /// Connect failure or timeout.
+    Unreachable,
+}
+
+impl AttemptClass {
+    /// Short label used in /status and /metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            AttemptClass::Success => "success",
+            AttemptClass::RateLimited => "rate_limited",
+            AttemptClass::Rejected => "rejected",
+            AttemptClass::ServerError => "server_error",
+            AttemptClass::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// Counters for one key since start-up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyStats {
+    /// Attempts made with this key.
+    pub requests: u64,
+    /// Attempts whose answer was relayed.
+    pub successes: u64,
+    /// 429 answers.
+    pub rate_limited: u64,
+    /// Every other failure (401/403, 5xx, unreachable).
+    pub other_errors: u64,
+    /// The class of the last failure, if any.
+    pub last_error: Option<AttemptClass>,
+}
+
+/// A snapshot of one key for status pages.
+#[derive(Debug, Clone)]
+pub struct KeySnapshot {
+    /// The key's mask.
+    pub mask: String,
+    /// Cooldowns still running.
+    pub benches: Vec<Bench>,
+    /// Counters.
+    pub stats: KeyStats,
+}
+
+#[derive(Default)]
+struct KeySlot {
+    benches: Vec<Bench>,
+    stats: KeyStats,
+}
+
+struct PoolState {
+    next_ticket: usize,
+    slots: Vec<KeySlot>,
+}
+
+/// The keys of one provider with their cooldowns.
+pub struct KeyPool {
+    keys: Vec<ApiKey>,
+    state: Mutex<PoolState>,
+}
+
+impl KeyPool {
+    /// A pool over `keys`, all ready.
+    pub fn new(keys: Vec<ApiKey>) -> Self {
+        let slots = keys.iter().map(|_| KeySlot::default()).collect();
+        KeyPool {
+            keys,
+            state: Mutex::new(PoolState {
+                next_ticket: 0,
+                slots,
+            }),
+        }
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when the pool holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The key at `index`.
+    pub fn key(&self, index: usize) -> &ApiKey {
+        &self.keys[index]
+    }
+
+    /// All keys, in configuration order.
+    pub fn keys(&self) -> &[ApiKey] {
+        &self.keys
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        // A panic elsewhere while holding the lock leaves only counters half-updated, which is
+        // harmless; refusing every later request would not be.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes one ticket: the first key index this request tries. Retries walk on from it (see
+    /// [`KeyPool::attempt_order`]) instead of taking new tickets, so a concurrent request's
+    /// retry never lands on the key that just failed for another.
+    pub fn ticket(&self) -> usize {
+        let mut state = self.lock();
+        let ticket = state.next_ticket;
+        state.next_ticket = ticket.wrapping_add(1);
+        if self.keys.is_empty() {
+            0
+        } else {
+            ticket % self.keys.len()
+        }
+    }
+
+    /// Key indexes in the order one request tries them: each key once, starting at `ticket`.
+    pub fn attempt_order(&self, ticket: usize) -> impl Iterator<Item = usize> + use<> {
+        let len = self.keys.len();
+        (0..len).map(move |step| (ticket + step) % len)
+    }
+
+    /// Whether the key may be used now for `model` (a whole-key bench applies to every model).
+    pub fn is_ready(&self, index: usize, model: Option<&str>, now: Instant) -> bool {
+        let state = self.lock();
+        !state.slots[index]
+            .benches
+            .iter()
+            .any(|bench| bench.until > now && applies_to(bench, model))
+    }
+
+    /// Benches a key (for one model, or for all when `model` is `None`) until `until`. A longer
+    /// cooldown already in place is kept.
+    pub fn bench(&self, index: usize, model: Option<&str>, until: Instant, reason: BenchReason) {
+        let mut state = self.lock();
+        let benches = &mut state.slots[index].benches;
+        match benches.iter_mut().find(|b| b.model.as_deref() == model) {
+            Some(existing) if existing.until >= until => {}
+            Some(existing) => {
+                existing.until = until;
+                existing.reason = reason;
+            }
+            None => benches.push(Bench {
+                model: model.map(str::to_string),
+                until,
+                reason,
+            }),
+        }
+    }
+
+    /// Time until some key is usable for `model`: zero when one is ready now.
+    pub fn wait_for_any(&self, model: Option<&str>, now: Instant) -> Duration {
+        let state = self.lock();
+        state
+            .slots
+            .iter()
+            .map(|slot| {
+                slot.benches
+                    .iter()
+                    .filter(|bench| applies_to(bench, model))
+                    .map(|bench| bench.until.saturating_duration_since(now))
+                    .max()
+                    .unwrap_or(Duration::ZERO)
+            })
+            .min()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Counts one attempt with the key at `index`.
+    pub fn record(&self, index: usize, class: AttemptClass) {
+        let mut state = self.lock();
+        let stats = &mut state.slots[index].stats;
+        stats.requests += 1;
+        match class {
+            AttemptClass::Success => stats.successes += 1,
+            AttemptClass::RateLimited => stats.rate_limited += 1,
+            _ => stats.other_errors += 1,
+        }
+        if class != AttemptClass::Success {
+            stats.last_error = Some(class);
+        }
+    }
+
+    /// A copy of every key's state, dropping cooldowns that have ended.
+    pub fn snapshot(&self, now: Instant) -> Vec<KeySnapshot> {
+        let mut state = self.lock();
+        self.keys
+            .iter()
+            .zip(state.slots.iter_mut())
+            .map(|(key, slot)| {
+                slot.benches.retain(|bench| bench.until > now);
+                KeySnapshot {
+                    mask: key.mask(),
+                    benches: slot.benches.clone(),
+                    stats: slot.stats.clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+fn applies_to(bench: &Bench, model: Option<&str>) -> bool {
+    match &bench.model {
+        None => true,
+        Some(benched) => model == Some(benched.as_str()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(n: usize) -> KeyPool {
+        KeyPool::new((0..n).map(|i| ApiKey::new(format!("key-{i}"))).collect())
+    }
+
+    #[test]
+    fn masks() {
+        let cases = [
+            ("sk-proj-123456789012", "sk-p...9012"),
+            ("abcdefghijkl", "abcd...ijkl"),
+            ("abcdefghijk", "***"),
+            ("", "***"),
+            ("ключключключключ", "ключ...ключ"),
+        ];
+        for (secret, mask) in cases {
+            assert_eq!(ApiKey::new(secret).mask(), mask);
+            assert_eq!(format!("{}", ApiKey::new(secret)), mask);
+            assert!(!format!("{:?}", ApiKey::new(secret)).contains(secret) || secret.is_empty());
+        }
+    }
+
+    #[test]
+    fn tickets_rotate() {
+        let pool = pool(3);
+        let firsts: Vec<usize> = (0..7).map(|_| pool.ticket()).collect();
+        assert_eq!(firsts, vec![0, 1, 2, 0, 1, 2, 0]);
+        assert_eq!(pool.attempt_order(2).collect::<Vec<_>>(), vec![2, 0, 1]);
+    }
+
+    #[test]
+    fn bench_expires_and_keeps_the_longer_cooldown() {
+        let pool = pool(2);
+        let now = Instant::now();
+        pool.bench(
+            0,
+            None,
+            now + Duration::from_secs(30),
+            BenchReason::RateLimited,
+        );
+        pool.bench(
+            0,
+            None,
+            now + Duration::from_secs(5),
+            BenchReason::RateLimited,
+        );
+        assert!(!pool.is_ready(0, None, now + Duration::from_secs(29)));
+        assert!(pool.is_ready(0, None, now + Duration::from_secs(30)));
+        assert!(pool.is_ready(1, None, now));
+    }
+
+    #[test]
+    fn model_bench_only_affects_that_model() {
+        let pool = pool(1);
+        let now = Instant::now();
+        pool.bench(
+            0,
+            Some("gpt-4o"),
+            now + Duration::from_secs(10),
+            BenchReason::RateLimited,
+        );
+        assert!(!pool.is_ready(0, Some("gpt-4o"), now));
+        assert!(pool.is_ready(0, Some("gpt-4o-mini"), now));
+        assert!(pool.is_ready(0, None, now));
+        pool.bench(
+            0,
+            None,
+            now + Duration::from_secs(3),
+            BenchReason::Rejected(401),
+        );
+        assert!(!pool.is_ready(0, Some("gpt-4o-mini"), now));
+    }
+
+    #[test]
+    fn wait_for_any_is_the_earliest_release() {
+        let pool = pool(3);
+        let now = Instant::now();
+        assert_eq!(pool.wait_for_any(None, now), Duration::ZERO);
+        for (index, secs) in [(0, 40), (1, 7), (2, 90)] {
+            pool.bench(
+                index,
+                None,
+                now + Duration::from_secs(secs),
+                BenchReason::RateLimited,
+            );
+        }
+        assert_eq!(pool.wait_for_any(None, now), Duration::from_secs(7));
+    }
+
+    #[test]
+    fn counters() {
+        let pool = pool(1);
+        for class in [
+            AttemptClass::Success,
+            AttemptClass::RateLimited,
+            AttemptClass::ServerError,
+            AttemptClass::Success,
+        ] {
+            pool.record(0, class);
+        }
+        let snap = &pool.snapshot(Instant::now())[0];
+        assert_eq!(snap.stats.requests, 4);
+        assert_eq!(snap.stats.successes, 2);
+        assert_eq!(snap.stats.rate_limited, 1);
+        assert_eq!(snap.stats.other_errors, 1);
+        assert_eq!(snap.stats.last_error, Some(AttemptClass::ServerError));
+        assert_eq!(snap.mask, "***");
+    }
+}

@@ -1,0 +1,105 @@
+//! The `keyrelay` binary: parse the command line, load the configuration, start logging, serve.
+//! Exit codes: 0 done, 1 could not start (e.g. the port is taken), 2 bad configuration or usage.
+
+use std::io::LineWriter;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use keyrelay::cli::{self, Command};
+use keyrelay::config::{Config, LogLevel, layered_lookup};
+use keyrelay::proxy::Proxy;
+use keyrelay::server::Listener;
+use log::{LevelFilter, error, info};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match cli::parse_args(&args) {
+        Ok(command) => command,
+        Err(message) => {
+            eprintln!("keyrelay: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Help => {
+            print!("{}", cli::help());
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("{}", cli::version());
+            return ExitCode::SUCCESS;
+        }
+        Command::Check | Command::Serve => {}
+    }
+    let config = match load_config() {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("keyrelay: configuration error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    if command == Command::Check {
+        println!("configuration OK");
+        for line in cli::summary(&config) {
+            println!("  {line}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    init_logging(config.log_level);
+    serve(config)
+}
+
+fn load_config() -> Result<Config, String> {
+    let env_file = match std::fs::read_to_string(".env") {
+        Ok(text) => Some(text),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(err) => return Err(format!(".env: {err}")),
+    };
+    let lookup = layered_lookup(env_file.as_deref(), |name| std::env::var(name).ok())
+        .map_err(|e| e.to_string())?;
+    Config::from_lookup(&lookup).map_err(|e| e.to_string())
+}
+
+fn init_logging(level: LogLevel) {
+    let filter = match level {
+        LogLevel::Error => LevelFilter::Error,
+        LogLevel::Warn => LevelFilter::Warn,
+        LogLevel::Info => LevelFilter::Info,
+        LogLevel::Debug => LevelFilter::Debug,
+    };
+    let config = simplelog::ConfigBuilder::new()
+        .set_time_format_rfc3339()
+        .set_target_level(LevelFilter::Off)
+        .set_thread_level(LevelFilter::Off)
+        // Only keyrelay's own lines: dependencies' debug output can contain URLs and headers.
+        .add_filter_allow_str("keyrelay")
+        .build();
+    let stderr = LineWriter::new(std::io::stderr());
+    let _ = simplelog::WriteLogger::init(filter, config, stderr);
+}
+
+fn serve(config: Config) -> ExitCode {
+    let addr = SocketAddr::new(config.host, config.port);
+    let listener = match Listener::bind(addr) {
+        Ok(listener) => listener,
+        Err(err) => {
+            error!("cannot listen on {addr}: {err}");
+            eprintln!("keyrelay: cannot listen on {addr}: {err} (is another process using PORT?)");
+            return ExitCode::from(1);
+        }
+    };
+    info!("{} starting", cli::version());
+    for line in cli::summary(&config) {
+        info!("{line}");
+    }
+    info!("listening on http://{}", listener.local_addr());
+    let proxy = Arc::new(Proxy::new(&config));
+    match listener.serve(proxy, config.workers) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!("server failed: {err}");
+            ExitCode::from(1)
+        }
+    }
+}

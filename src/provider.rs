@@ -1,0 +1,162 @@
+//! The provider table: where each route prefix goes, how a key is injected, which client
+//! credentials are stripped, and the shape of the errors keyrelay writes in its name.
+
+use crate::keys::{ApiKey, KeyPool};
+
+/// How the pool key travels to the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthStyle {
+    /// `Authorization: Bearer <key>`.
+    Bearer,
+    /// A named header carrying the bare key (lowercase name), e.g. `x-goog-api-key`.
+    Header(String),
+    /// A query parameter carrying the key.
+    Query(String),
+}
+
+/// The JSON error shape a provider's SDKs understand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorShape {
+    /// `{"error":{"message","type","code"}}`.
+    OpenAi,
+    /// `{"error":{"code","message","status"}}`.
+    Gemini,
+    /// `{"type":"error","error":{"type","message"}}`.
+    Anthropic,
+}
+
+/// Headers that carry a client's own credential; removed before the pool key is injected.
+pub const CLIENT_CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "x-goog-api-key", "x-api-key"];
+
+/// Query parameter that carries a client's own credential (Gemini's `?key=`).
+pub const CLIENT_CREDENTIAL_PARAM: &str = "key";
+
+/// One upstream API with its keys.
+pub struct Provider {
+    /// Route name: requests to `/<name>/...` go here.
+    pub name: String,
+    /// Base URL without a trailing slash; may carry a path.
+    pub base_url: String,
+    /// Host (and port) of the base URL, for error messages and logs.
+    pub host: String,
+    /// Key injection.
+    pub auth: AuthStyle,
+    /// Error body shape.
+    pub shape: ErrorShape,
+    /// The variable users set to give this provider keys.
+    pub keys_var: String,
+    /// Its keys and their cooldowns.
+    pub pool: KeyPool,
+}
+
+impl Provider {
+    /// Builds a provider over `keys`.
+    pub fn new(
+        name: &str,
+        base_url: &str,
+        auth: AuthStyle,
+        shape: ErrorShape,
+        keys: Vec<ApiKey>,
+    ) -> Self {
+        Provider {
+            name: name.to_string(),
+            base_url: base_url.trim_end_matches('/').to_string(),
+            host: url_host(base_url).to_string(),
+            auth,
+            shape,
+            keys_var: keys_var_for(name),
+            pool: KeyPool::new(keys),
+        }
+    }
+
+    /// The upstream URL for a request's path below the route prefix and its filtered query.
+    pub fn upstream_url(&self, rest: &str, query: &str) -> String {
+        let mut url = String::with_capacity(self.base_url.len() + rest.len() + query.len() + 2);
+        url.push_str(&self.base_url);
+        url.push('/');
+        url.push_str(rest.trim_start_matches('/'));
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(query);
+        }
+        url
+    }
+}
+
+/// `<NAME>_API_KEYS` for a provider name (`-` becomes `_`).
+pub fn keys_var_for(name: &str) -> String {
+    format!("{}_API_KEYS", env_prefix(name))
+}
+
+/// The upper-cased variable prefix of a provider name.
+pub fn env_prefix(name: &str) -> String {
+    name.to_ascii_uppercase().replace('-', "_")
+}
+
+/// The `host[:port]` part of an http(s) URL.
+pub fn url_host(url: &str) -> &str {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let end = after_scheme
+        .find(['/', '?', '#'])
+        .unwrap_or(after_scheme.len());
+    &after_scheme[..end]
+}
+
+/// Removes every `name=` parameter from a raw query string, keeping the rest byte for byte.
+pub fn strip_query_param(query: &str, name: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            !key.is_empty() && key != name
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls() {
+        let p = Provider::new(
+            "openai",
+            "https://openrouter.ai/api/",
+            AuthStyle::Bearer,
+            ErrorShape::OpenAi,
+            vec![],
+        );
+        assert_eq!(
+            p.upstream_url("v1/chat/completions", ""),
+            "https://openrouter.ai/api/v1/chat/completions"
+        );
+        assert_eq!(
+            p.upstream_url("v1/models", "a=1"),
+            "https://openrouter.ai/api/v1/models?a=1"
+        );
+        assert_eq!(p.host, "openrouter.ai");
+        assert_eq!(p.keys_var, "OPENAI_API_KEYS");
+        assert_eq!(keys_var_for("my-llm"), "MY_LLM_API_KEYS");
+    }
+
+    #[test]
+    fn query_stripping() {
+        let cases = [
+            ("alt=sse&key=abc&x=%2F", "alt=sse&x=%2F"),
+            ("key=abc", ""),
+            ("keys=1&key", "keys=1"),
+            ("a=1&&b=2", "a=1&b=2"),
+            ("q=a+b%20c", "q=a+b%20c"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(strip_query_param(input, "key"), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(url_host("http://127.0.0.1:8080/x"), "127.0.0.1:8080");
+        assert_eq!(url_host("https://api.openai.com"), "api.openai.com");
+    }
+}

@@ -1,0 +1,285 @@
+//! Relaying a response to the client: the head written by hand, then the body copied as it
+//! arrives, one chunk frame per upstream read, each followed by a flush, so a Server-Sent Event
+//! reaches the client as soon as the upstream sends it. Memory per stream is one fixed buffer.
+
+use std::io::{self, Read, Write};
+
+/// How the body is delimited on the client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body at all (HEAD, 204, 304, 1xx).
+    None,
+    /// Exactly this many bytes, announced with Content-Length.
+    Length(u64),
+    /// HTTP/1.1 chunked encoding.
+    Chunked,
+    /// Raw bytes until the connection closes (HTTP/1.0 clients).
+    UntilClose,
+}
+
+impl Framing {
+    /// Chooses the framing for a response.
+    pub fn choose(no_body: bool, length: Option<u64>, http10: bool) -> Framing {
+        match (no_body, length) {
+            (true, _) => Framing::None,
+            (false, Some(n)) => Framing::Length(n),
+            (false, None) if http10 => Framing::UntilClose,
+            (false, None) => Framing::Chunked,
+        }
+    }
+}
+
+/// Why a relay stopped early.
+#[derive(Debug)]
+pub enum RelayError {
+    /// Writing to the client failed: it went away or stopped reading.
+    ClientGone(io::Error),
+    /// Reading the upstream body failed (reset, timeout) after the head was sent.
+    Upstream(io::Error),
+}
+
+/// Room kept in front of each chunk for its size line (`ffffffff\r\n` at most).
+const SIZE_LINE_ROOM: usize = 10;
+
+/// Size of the relay buffer: large enough for bulk downloads to move in few system calls,
+/// small enough that a thousand streams stay cheap.
+pub const RELAY_BUFFER: usize = 32 * 1024;
+
+/// A reusable relay buffer with room for a chunk's size line before the data and its CRLF
+/// after; one per worker, allocated once.
+pub struct RelayBuffer {
+    bytes: Box<[u8]>,
+}
+
+impl Default for RelayBuffer {
+    fn default() -> Self {
+        RelayBuffer {
+            bytes: vec![0; SIZE_LINE_ROOM + RELAY_BUFFER + 2].into_boxed_slice(),
+        }
+    }
+}
+
+/// Writes `head` and then the body read from `body` with `framing`, flushing after each read.
+/// The head goes out together with the first piece of body, in one write, and each later read
+/// costs one write. Returns the number of body bytes relayed.
+pub fn relay_body(
+    client: &mut dyn Write,
+    head: Vec<u8>,
+    body: &mut dyn Read,
+    framing: Framing,
+    buffer: &mut RelayBuffer,
+) -> Result<u64, RelayError> {
+    if framing == Framing::None {
+        return send(client, &head).map(|_| 0);
+    }
+    let buf = &mut buffer.bytes;
+    let mut pending_head = Some(head);
+    let mut relayed = 0u64;
+    loop {
+        let data = SIZE_LINE_ROOM..SIZE_LINE_ROOM + RELAY_BUFFER;
+        let n = match read_some(body, &mut buf[data]) {
+            Ok(n) => n,
+            Err(err) => {
+                if let Some(head) = pending_head {
+                    // The client still gets the status and headers it was waiting for.
+                    let _ = send(client, &head);
+                }
+                return Err(RelayError::Upstream(err));
+            }
+        };
+        if n == 0 {
+            let tail: &[u8] = if framing == Framing::Chunked {
+                b"0\r\n\r\n"
+            } else {
+                b""
+            };
+            match pending_head {
+                Some(mut head) => {
+                    head.extend_from_slice(tail);
+                    send(client, &head)?;
+                }
+                None if !tail.is_empty() => send(client, tail)?,
+                None => {}
+            }
+            return Ok(relayed);
+        }
+        relayed += n as u64;
+        let mut from = SIZE_LINE_ROOM;
+        let mut to = SIZE_LINE_ROOM + n;
+        if framing == Framing::Chunked {
+            let mut line = [0u8; SIZE_LINE_ROOM];
+            let line_len = size_line(n, &mut line);
+            from -= line_len;
+            buf[from..SIZE_LINE_ROOM].copy_from_slice(&line[..line_len]);
+            buf[to..to + 2].copy_from_slice(b"\r\n");
+            to += 2;
+        }
+        match pending_head.take() {
+            Some(mut head) => {
+                head.extend_from_slice(&buf[from..to]);
+                send(client, &head)?;
+            }
+            None => send(client, &buf[from..to])?,
+        }
+    }
+}
+
+/// Writes `{n:x}\r\n` into `out` without allocating; returns its length.
+fn size_line(n: usize, out: &mut [u8; SIZE_LINE_ROOM]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = ((usize::BITS - n.leading_zeros()).div_ceil(4)).max(1) as usize;
+    for i in 0..digits {
+        out[digits - 1 - i] = HEX[(n >> (4 * i)) & 0xf];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    digits + 2
+}
+
+fn send(client: &mut dyn Write, bytes: &[u8]) -> Result<(), RelayError> {
+    client
+        .write_all(bytes)
+        .and_then(|_| client.flush())
+        .map_err(RelayError::ClientGone)
+}
+
+fn read_some(body: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match body.read(buf) {
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// The reason phrase for a status line; clients ignore it, humans reading traces do not.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        422 => "Unprocessable Entity",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that records each write as one item, to check framing and write counts.
+    #[derive(Default)]
+    struct Recorder {
+        writes: Vec<Vec<u8>>,
+    }
+
+    impl Write for Recorder {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.writes.push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A reader that hands out fixed pieces, one per read, like a socket.
+    struct Pieces(Vec<Vec<u8>>);
+
+    impl Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return Ok(0);
+            }
+            let piece = self.0.remove(0);
+            buf[..piece.len()].copy_from_slice(&piece);
+            Ok(piece.len())
+        }
+    }
+
+    fn run(framing: Framing, pieces: &[&[u8]]) -> Vec<Vec<u8>> {
+        let mut out = Recorder::default();
+        let mut body = Pieces(pieces.iter().map(|p| p.to_vec()).collect());
+        relay_body(
+            &mut out,
+            b"HEAD\r\n\r\n".to_vec(),
+            &mut body,
+            framing,
+            &mut RelayBuffer::default(),
+        )
+        .unwrap();
+        out.writes
+    }
+
+    #[test]
+    fn chunked_one_write_per_read() {
+        let writes = run(Framing::Chunked, &[b"data: 1\n\n", b"data: 22\n\n"]);
+        assert_eq!(
+            writes,
+            vec![
+                b"HEAD\r\n\r\n9\r\ndata: 1\n\n\r\n".to_vec(),
+                b"a\r\ndata: 22\n\n\r\n".to_vec(),
+                b"0\r\n\r\n".to_vec(),
+            ]
+        );
+    }
+
+    #[test]
+    fn length_framing_is_raw_bytes() {
+        let writes = run(Framing::Length(5), &[b"hel", b"lo"]);
+        assert_eq!(writes.len(), 2);
+        assert_eq!(writes, vec![b"HEAD\r\n\r\nhel".to_vec(), b"lo".to_vec()]);
+    }
+
+    #[test]
+    fn no_body_sends_only_the_head() {
+        assert_eq!(
+            run(Framing::None, &[b"ignored"]),
+            vec![b"HEAD\r\n\r\n".to_vec()]
+        );
+    }
+
+    #[test]
+    fn until_close_is_raw() {
+        let writes = run(Framing::UntilClose, &[b"ab", b"c"]);
+        assert_eq!(writes.concat(), b"HEAD\r\n\r\nabc".to_vec());
+    }
+
+    #[test]
+    fn size_lines() {
+        for n in [1usize, 9, 10, 255, 4096, 32768] {
+            let mut line = [0u8; SIZE_LINE_ROOM];
+            let len = size_line(n, &mut line);
+            assert_eq!(&line[..len], format!("{n:x}\r\n").as_bytes());
+        }
+    }
+
+    #[test]
+    fn framing_choice() {
+        assert_eq!(Framing::choose(true, Some(3), false), Framing::None);
+        assert_eq!(Framing::choose(false, Some(3), true), Framing::Length(3));
+        assert_eq!(Framing::choose(false, None, true), Framing::UntilClose);
+        assert_eq!(Framing::choose(false, None, false), Framing::Chunked);
+    }
+}

@@ -1,0 +1,83 @@
+//! The shared ureq agent and one upstream call: settings that make ureq a transparent relay
+//! (no redirects, no decompression, statuses as answers) and the mapping of its errors to what
+//! the retry loop needs to know.
+
+use std::io;
+use std::time::Duration;
+
+use ureq::http::{self, HeaderMap, Method, Response, Uri};
+use ureq::{Agent, Body, Timeout};
+
+/// Builds the agent every worker shares (it holds the upstream connection pool).
+pub fn agent(connect_timeout: Duration, upstream_timeout: Duration, workers: usize) -> Agent {
+    let config = Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .allow_non_standard_methods(true)
+        .user_agent(ureq::config::AutoHeaderValue::None)
+        .accept(ureq::config::AutoHeaderValue::None)
+        // Idle connections kept per upstream host: one per worker, so a burst never has to
+        // reconnect (the default of 3 opened thousands of connections under load).
+        .max_idle_connections(workers.max(8))
+        .max_idle_connections_per_host(workers.max(8))
+        .timeout_connect(Some(connect_timeout))
+        .timeout_recv_response(Some(upstream_timeout))
+        .timeout_send_body(Some(upstream_timeout))
+        // Bounds silence on a stream, not its length: long generations keep flowing.
+        .timeout_per_read(Some(upstream_timeout))
+        .build();
+    Agent::new_with_config(config)
+}
+
+/// Why an upstream call produced no answer.
+#[derive(Debug)]
+pub enum CallFailure {
+    /// Nothing reached the upstream (refused, DNS, TLS handshake, connect timeout), or it closed
+    /// the connection without answering. Safe to try the next key.
+    Unreachable(String),
+    /// The request was sent and the upstream went silent. Not retried: the generation may be
+    /// running, and billed.
+    TimedOut,
+}
+
+/// Sends one request. `body` is `None` for body-less requests.
+pub fn call(
+    agent: &Agent,
+    method: &Method,
+    uri: Uri,
+    headers: &HeaderMap,
+    body: Option<&[u8]>,
+) -> Result<Response<Body>, CallFailure> {
+    let result = match body {
+        Some(bytes) => agent.run(request(method, uri, headers, bytes)),
+        None => agent.run(request(method, uri, headers, ())),
+    };
+    result.map_err(|err| classify(&err))
+}
+
+fn request<B>(method: &Method, uri: Uri, headers: &HeaderMap, body: B) -> http::Request<B> {
+    let mut request = http::Request::new(body);
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers.clone();
+    request
+}
+
+fn classify(err: &ureq::Error) -> CallFailure {
+    use ureq::Error as E;
+    match err {
+        E::Timeout(Timeout::Connect | Timeout::Resolve) => {
+            CallFailure::Unreachable("connect timed out".into())
+        }
+        E::Timeout(_) => CallFailure::TimedOut,
+        E::Io(io) if io.kind() == io::ErrorKind::TimedOut => CallFailure::TimedOut,
+        E::Io(io) => CallFailure::Unreachable(io.kind().to_string()),
+        E::HostNotFound => CallFailure::Unreachable("host not found".into()),
+        E::ConnectionFailed => CallFailure::Unreachable("connection failed".into()),
+        E::Tls(reason) => CallFailure::Unreachable(format!("TLS: {reason}")),
+        E::Rustls(_) => CallFailure::Unreachable("TLS handshake failed".into()),
+        E::Protocol(_) => CallFailure::Unreachable("malformed upstream answer".into()),
+        // Other variants can carry the URL; a URL may hold a key for query-auth providers.
+        _ => CallFailure::Unreachable("request failed".into()),
+    }
+}
