@@ -1,0 +1,12 @@
+//! keyrelay's integration tests: one binary that starts the real proxy against a scripted mock
+//! upstream and checks what crosses the wire, what the mock received, and what the log says.
+
+mod support;
+
+mod config;
+mod keys;
+mod logging;
+mod relay;
+mod rotation;
+mod routing;
+mod streaming;
