@@ -138,6 +138,10 @@ pub struct Config {
     pub upstream_timeout: Duration,
     /// Default 429 cooldown.
     pub cooldown: Duration,
+    /// Idle / stall / write timeout for client connections.
+    pub client_idle_timeout: Duration,
+    /// Longest wait for in-flight requests on shutdown.
+    pub shutdown_grace: Duration,
     /// Log verbosity.
     pub log_level: LogLevel,
     /// Providers, keyed by route name, in a fixed order.
@@ -264,6 +268,8 @@ impl Config {
             connect_timeout: secs(&get, "CONNECT_TIMEOUT_SECS", 10)?,
             upstream_timeout: secs(&get, "UPSTREAM_TIMEOUT_SECS", 300)?,
             cooldown: secs(&get, "COOLDOWN_SECS", 60)?,
+            client_idle_timeout: secs(&get, "CLIENT_IDLE_TIMEOUT_SECS", 60)?,
+            shutdown_grace: secs(&get, "SHUTDOWN_GRACE_SECS", 30)?,
             log_level: parse_log_level(get("LOG_LEVEL").as_deref())?,
             providers,
         })

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use crate::http_head::HeadError;
 use crate::json::quote;
 use crate::provider::ErrorShape;
 
@@ -45,6 +46,10 @@ pub enum ProxyError {
         /// The limit that ran out.
         secs: u64,
     },
+    /// The client's request is not acceptable HTTP (see [`HeadError`]).
+    Http(HeadError),
+    /// The client stalled in the middle of a request.
+    ClientTimeout,
     /// A bug: keyrelay failed while handling this request.
     Internal,
 }
@@ -106,6 +111,12 @@ impl ProxyError {
                 "upstream_timeout",
                 format!("The upstream {host} sent nothing for {secs} s; retry, or raise UPSTREAM_TIMEOUT_SECS for slow models."),
             ),
+            ProxyError::Http(error) => (error.status(), "invalid_http_request", error.message()),
+            ProxyError::ClientTimeout => (
+                408,
+                "request_timeout",
+                "The request was not completed in time (CLIENT_IDLE_TIMEOUT_SECS); send it again without pausing.".to_string(),
+            ),
             ProxyError::Internal => (
                 500,
                 "internal_error",
@@ -164,17 +175,18 @@ fn openai_type(status: u16) -> &'static str {
     match status {
         429 => "rate_limit_error",
         401 | 403 => "authentication_error",
-        400 | 404 | 413 => "invalid_request_error",
+        400..=499 => "invalid_request_error",
         _ => "server_error",
     }
 }
 
 fn google_status(status: u16) -> &'static str {
     match status {
-        400 | 413 => "INVALID_ARGUMENT",
+        400 | 413 | 417 | 431 | 505 => "INVALID_ARGUMENT",
         401 => "UNAUTHENTICATED",
         403 => "PERMISSION_DENIED",
         404 => "NOT_FOUND",
+        408 => "DEADLINE_EXCEEDED",
         429 => "RESOURCE_EXHAUSTED",
         502 | 503 => "UNAVAILABLE",
         504 => "DEADLINE_EXCEEDED",
@@ -231,6 +243,9 @@ mod tests {
                 },
                 504,
             ),
+            (ProxyError::Http(HeadError::TooLarge), 431),
+            (ProxyError::Http(HeadError::Version), 505),
+            (ProxyError::ClientTimeout, 408),
             (ProxyError::Internal, 500),
         ];
         for (error, status) in cases {

@@ -1,12 +1,16 @@
 //! One request top to bottom: route → body → attempts with rotating keys → relay, and the one
 //! INFO line that records it.
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::net::Shutdown;
 use std::time::{Instant, SystemTime};
 
 use log::{debug, info, warn};
-use tiny_http::{Header, Request, Response};
+use tiny_http::Request;
 use ureq::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+
+use crate::client_conn::ClientConn;
+use crate::guard::CLIENT_HEADER;
 
 use crate::config::REJECTED_KEY_BENCH;
 use crate::error::ProxyError;
@@ -39,6 +43,54 @@ struct ClientInfo {
     wants_close: bool,
 }
 
+/// A request taken out of tiny_http: released at once so tiny_http can parse the next request
+/// on the same internal link while this one waits for the upstream.
+struct Incoming {
+    method: String,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Result<Vec<u8>, ProxyError>,
+}
+
+impl Incoming {
+    fn take(mut request: Request, limit: u64) -> Incoming {
+        let headers: Vec<(String, String)> = request
+            .headers()
+            .iter()
+            .map(|h| {
+                (
+                    h.field.as_str().as_str().to_string(),
+                    h.value.as_str().to_string(),
+                )
+            })
+            .collect();
+        let declared = headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, value)| value.trim().parse::<u64>().ok());
+        let body = match declared {
+            Some(len) if len > limit => Err(ProxyError::BodyTooLarge { limit }),
+            _ => read_body(&mut request, limit, declared),
+        };
+        let incoming = Incoming {
+            method: request.method().as_str().to_string(),
+            url: request.url().to_string(),
+            headers,
+            body,
+        };
+        // Nothing is ever written through tiny_http: the answer goes straight to the client.
+        drop(request.into_writer());
+        incoming
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// How the request is answered, decided before the client connection is written to.
 enum Answer {
     /// An error keyrelay writes itself.
@@ -68,14 +120,29 @@ struct SavedAnswer {
     body: Vec<u8>,
 }
 
-/// Handles one request completely, including its log line.
-pub fn handle(proxy: &Proxy, mut request: Request, buffer: &mut RelayBuffer) {
-    let started = Instant::now();
-    let url = request.url().to_string();
-    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-    let client = client_info(proxy, &request);
-    let answer = decide(proxy, &mut request, path, query, &client);
-    let report = deliver(request, &client, answer, buffer);
+/// Handles one request completely, answering on `conn`, and logs it. `started` turns true once
+/// the first byte of the answer may have been written (after that, a failure can only close
+/// the connection).
+pub fn handle(
+    proxy: &Proxy,
+    request: Request,
+    conn: &ClientConn,
+    buffer: &mut RelayBuffer,
+    started: &mut bool,
+) {
+    let started_at = Instant::now();
+    let incoming = Incoming::take(request, proxy.limits.max_body_bytes);
+    let (path, query) = incoming.url.split_once('?').unwrap_or((&incoming.url, ""));
+    #[cfg(debug_assertions)]
+    test_hooks::maybe_panic(path);
+    let client = client_info(proxy, &incoming);
+    let answer = decide(proxy, &incoming, path, query, &client.id);
+    *started = true;
+    let mut out = &conn.tcp;
+    let report = deliver(&mut out, &client, answer, buffer);
+    if client.wants_close {
+        let _ = conn.tcp.shutdown(Shutdown::Both);
+    }
     info!(
         "req={} {} {} status={} attempts={} key={} ms={}{}",
         client.id,
@@ -84,18 +151,43 @@ pub fn handle(proxy: &Proxy, mut request: Request, buffer: &mut RelayBuffer) {
         report.status,
         report.attempts,
         report.key.as_deref().unwrap_or("-"),
-        started.elapsed().as_millis(),
+        started_at.elapsed().as_millis(),
         report.note
     );
 }
 
-fn decide(
-    proxy: &Proxy,
-    request: &mut Request,
-    path: &str,
-    query: &str,
-    client: &ClientInfo,
-) -> Answer {
+/// Answers a request whose handler panicked before writing anything.
+pub fn answer_internal_error(conn: &ClientConn) {
+    let client = ClientInfo {
+        id: "-".to_string(),
+        method: "-".to_string(),
+        http10: false,
+        wants_close: true,
+    };
+    let answer = Answer::Error {
+        error: ProxyError::Internal,
+        shape: ErrorShape::OpenAi,
+        attempts: 0,
+    };
+    let mut out = &conn.tcp;
+    deliver(&mut out, &client, answer, &mut RelayBuffer::default());
+    let _ = conn.tcp.shutdown(Shutdown::Both);
+}
+
+#[cfg(debug_assertions)]
+mod test_hooks {
+    /// Debug builds only, and only with KEYRELAY_TEST_HOOKS set: a path that makes the handler
+    /// panic, so tests can prove a panic costs one request and nothing else.
+    pub fn maybe_panic(path: &str) {
+        if path.ends_with("/__keyrelay_test_panic")
+            && std::env::var_os("KEYRELAY_TEST_HOOKS").is_some()
+        {
+            panic!("test hook: forced panic");
+        }
+    }
+}
+
+fn decide(proxy: &Proxy, incoming: &Incoming, path: &str, query: &str, request_id: &str) -> Answer {
     let local = |error, shape| Answer::Error {
         error,
         shape,
@@ -112,58 +204,27 @@ fn decide(
         let keys_var = provider.keys_var.clone();
         return local(ProxyError::NoKeys { keys_var }, shape);
     }
-    let limit = proxy.limits.max_body_bytes;
-    let declared = request_body_len(request);
-    if declared.is_some_and(|len| len > limit) {
-        return local(ProxyError::BodyTooLarge { limit }, shape);
-    }
-    let body = match read_body(request, limit, declared) {
+    let body = match &incoming.body {
         Ok(body) => body,
-        Err(error) => return local(error, shape),
+        Err(error) => return local(error.clone(), shape),
     };
     let query = strip_query_param(query, CLIENT_CREDENTIAL_PARAM);
-    match UpstreamRequest::new(request, provider, rest, &query, client) {
-        Some(upstream) => attempt(proxy, provider, &upstream, &body),
+    match UpstreamRequest::new(incoming, provider, rest, &query, request_id) {
+        Some(upstream) => attempt(proxy, provider, &upstream, body),
         None => local(ProxyError::BadRequest, shape),
     }
 }
 
-/// The declared body length, if the client sent Content-Length without chunking.
-fn request_body_len(request: &Request) -> Option<u64> {
-    let chunked = request
-        .headers()
-        .iter()
-        .any(|h| h.field.equiv("transfer-encoding"));
-    if chunked {
-        return None;
-    }
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("content-length"))
-        .and_then(|h| h.value.as_str().trim().parse().ok())
-}
-
-fn client_info(proxy: &Proxy, request: &Request) -> ClientInfo {
-    let header = |name: &'static str| {
-        request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv(name))
-            .map(|h| h.value.as_str())
-    };
-    let http10 = request.http_version().0 == 1 && request.http_version().1 == 0;
-    let connection = connection_tokens(header("connection"));
-    let wants_close = if http10 {
-        !connection.iter().any(|t| t == "keep-alive")
-    } else {
-        connection.iter().any(|t| t == "close")
-    };
+fn client_info(proxy: &Proxy, incoming: &Incoming) -> ClientInfo {
+    // The guard states the client's version and close wish; it removed the client's own
+    // Connection header before tiny_http could act on it.
+    let flags = incoming.header(CLIENT_HEADER).unwrap_or("1.1");
+    let http10 = flags.starts_with("1.0");
     ClientInfo {
-        id: proxy.ids.for_request(header("x-request-id")),
-        method: request.method().as_str().to_string(),
+        id: proxy.ids.for_request(incoming.header("x-request-id")),
+        method: incoming.method.clone(),
         http10,
-        wants_close,
+        wants_close: flags.contains("close"),
     }
 }
 
@@ -194,40 +255,31 @@ struct UpstreamRequest {
 
 impl UpstreamRequest {
     fn new(
-        request: &Request,
+        incoming: &Incoming,
         provider: &Provider,
         rest: &str,
         query: &str,
-        client: &ClientInfo,
+        request_id: &str,
     ) -> Option<UpstreamRequest> {
-        let method = Method::from_bytes(request.method().as_str().as_bytes()).ok()?;
-        let connection = request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("connection"))
-            .map(|h| h.value.as_str());
-        let tokens = connection_tokens(connection);
-        let mut headers = HeaderMap::with_capacity(request.headers().len() + 2);
-        for Header { field, value } in request.headers() {
-            if !forward_request_header(field.as_str().as_str(), &tokens) {
+        let method = Method::from_bytes(incoming.method.as_bytes()).ok()?;
+        let tokens = connection_tokens(incoming.header("connection"));
+        let mut headers = HeaderMap::with_capacity(incoming.headers.len() + 2);
+        for (name, value) in &incoming.headers {
+            if !forward_request_header(name, &tokens) {
                 continue;
             }
             let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(field.as_str().as_bytes()),
+                HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_bytes(value.as_bytes()),
             ) else {
                 continue;
             };
             headers.append(name, value);
         }
-        if let Ok(id) = HeaderValue::from_str(&client.id) {
+        if let Ok(id) = HeaderValue::from_str(request_id) {
             headers.insert("x-request-id", id);
         }
-        let has_body = request_body_len(request).is_some_and(|n| n > 0)
-            || request
-                .headers()
-                .iter()
-                .any(|h| h.field.equiv("transfer-encoding"))
+        let has_body = incoming.body.as_ref().is_ok_and(|b| !b.is_empty())
             || !matches!(
                 method,
                 Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
@@ -426,7 +478,7 @@ fn save(mut response: ureq::http::Response<ureq::Body>) -> SavedAnswer {
 
 /// Writes the chosen answer to the client and reports how it went.
 fn deliver(
-    request: Request,
+    out: &mut dyn Write,
     client: &ClientInfo,
     answer: Answer,
     buffer: &mut RelayBuffer,
@@ -437,13 +489,25 @@ fn deliver(
             shape,
             attempts,
         } => {
-            let status = error.status();
-            answer_error(request, client, &error, shape);
+            let rendered = error.answer(shape);
+            let mut headers = HeaderMap::new();
+            headers.insert("content-type", HeaderValue::from_static("application/json"));
+            for (name, value) in &rendered.headers {
+                if let Ok(value) = HeaderValue::from_str(value) {
+                    headers.insert(*name, value);
+                }
+            }
+            let saved = SavedAnswer {
+                status: rendered.status,
+                headers,
+                body: rendered.body.into_bytes(),
+            };
+            let (status, note) = write_saved(out, client, &saved, buffer);
             Report {
                 status,
                 attempts,
                 key: None,
-                note: "",
+                note,
             }
         }
         Answer::Saved {
@@ -451,25 +515,12 @@ fn deliver(
             attempts,
             key,
         } => {
-            let framing = Framing::choose(
-                no_body(&client.method, answer.status),
-                Some(answer.body.len() as u64),
-                client.http10,
-            );
-            let head = response_head(client, answer.status, &answer.headers, framing);
-            let mut writer = request.into_writer();
-            let result = relay_body(
-                &mut writer,
-                head,
-                &mut answer.body.as_slice(),
-                framing,
-                buffer,
-            );
+            let (status, note) = write_saved(out, client, &answer, buffer);
             Report {
-                status: answer.status,
+                status,
                 attempts,
                 key: Some(key),
-                note: relay_note(&result),
+                note,
             }
         }
         Answer::Live {
@@ -488,8 +539,7 @@ fn deliver(
             let framing = Framing::choose(no_body(&client.method, status), length, client.http10);
             let head = response_head(client, status, &parts.headers, framing);
             let mut reader = body.into_reader();
-            let mut writer = request.into_writer();
-            let result = relay_body(&mut writer, head, &mut reader, framing, buffer);
+            let result = relay_body(out, head, &mut reader, framing, buffer);
             // Dropping an unfinished reader closes the upstream connection, which stops the
             // generation when the client has gone.
             drop(reader);
@@ -501,6 +551,22 @@ fn deliver(
             }
         }
     }
+}
+
+fn write_saved(
+    out: &mut dyn Write,
+    client: &ClientInfo,
+    answer: &SavedAnswer,
+    buffer: &mut RelayBuffer,
+) -> (u16, &'static str) {
+    let framing = Framing::choose(
+        no_body(&client.method, answer.status),
+        Some(answer.body.len() as u64),
+        client.http10,
+    );
+    let head = response_head(client, answer.status, &answer.headers, framing);
+    let result = relay_body(out, head, &mut answer.body.as_slice(), framing, buffer);
+    (answer.status, relay_note(&result))
 }
 
 fn relay_note(result: &Result<u64, RelayError>) -> &'static str {
@@ -565,25 +631,4 @@ fn push_header(head: &mut Vec<u8>, name: &str, value: &[u8]) {
     head.extend_from_slice(b": ");
     head.extend_from_slice(value);
     head.extend_from_slice(b"\r\n");
-}
-
-fn answer_error(request: Request, client: &ClientInfo, error: &ProxyError, shape: ErrorShape) {
-    let answer = error.answer(shape);
-    let mut response = Response::from_data(answer.body)
-        .with_status_code(answer.status)
-        .with_header(header("content-type", "application/json"))
-        .with_header(header("x-request-id", &client.id));
-    for (name, value) in &answer.headers {
-        response.add_header(header(name, value));
-    }
-    if matches!(error, ProxyError::BodyTooLarge { .. }) {
-        // The unread body is still on the connection; it cannot carry another request.
-        response.add_header(header("connection", "close"));
-    }
-    // Errors here mean the client left; there is nobody to tell.
-    let _ = request.respond(response);
-}
-
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
 }

@@ -41,7 +41,7 @@ pub fn connection_tokens(value: Option<&str>) -> Vec<String> {
 
 /// True for a request header that goes upstream: not hop-by-hop, not a client credential,
 /// not `expect` (keyrelay has already answered any 100-continue), not the client's request id
-/// (keyrelay sends its own).
+/// (keyrelay sends its own), not keyrelay's internal `x-keyrelay-*` headers.
 pub fn forward_request_header(name: &str, connection_tokens: &[String]) -> bool {
     !is_hop_by_hop(name, connection_tokens)
         && !CLIENT_CREDENTIAL_HEADERS
@@ -49,6 +49,9 @@ pub fn forward_request_header(name: &str, connection_tokens: &[String]) -> bool 
             .any(|h| name.eq_ignore_ascii_case(h))
         && !name.eq_ignore_ascii_case("expect")
         && !name.eq_ignore_ascii_case("x-request-id")
+        && !name
+            .get(..11)
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("x-keyrelay-"))
 }
 
 #[cfg(test)]
@@ -71,6 +74,8 @@ mod tests {
             ("x-secret-hop", false),
             ("Expect", false),
             ("X-Request-Id", false),
+            ("x-keyrelay-conn", false),
+            ("X-Keyrelay-Client", false),
         ];
         for (name, forwarded) in cases {
             assert_eq!(forward_request_header(name, &tokens), forwarded, "{name}");

@@ -3,14 +3,16 @@
 //! # Request lifecycle
 //!
 //! ```text
-//! client ──HTTP/1.1──▶ tiny_http listener ──queue──▶ N worker threads (fixed pool)
+//! client ──HTTP/1.1──▶ guard thread per connection (bounds head, body, idle time)
+//!            ──checked request over a private Unix socket──▶ tiny_http ──queue──▶ N workers
 //!                                                    │ route → read body (bounded)
 //!                                                    │ one ticket from the key pool's round robin
 //!                                                    │ attempts: inject key, call upstream (ureq)
 //!                                                    │   429 → cool key, next;  401/403 → bench key
 //!                                                    │   5xx / connect error → next key; else relay
 //!                                                    ▼
-//!                              response head + body copied chunk by chunk, flushed per read
+//!               response head + body written straight to the client socket, chunk by chunk,
+//!               flushed per read
 //! ```
 //!
 //! # Log levels
@@ -22,12 +24,18 @@
 //!
 //! No level ever prints a key, a client credential or a raw query string: keys print as masks.
 
+pub mod acceptor;
+pub mod bridge;
+pub mod chunked;
 pub mod cli;
+pub mod client_conn;
 pub mod config;
 pub mod env_file;
 pub mod error;
 pub mod forward;
+pub mod guard;
 pub mod headers;
+pub mod http_head;
 pub mod json;
 pub mod keys;
 pub mod outcome;

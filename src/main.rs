@@ -9,7 +9,7 @@ use std::sync::Arc;
 use keyrelay::cli::{self, Command};
 use keyrelay::config::{Config, LogLevel, layered_lookup};
 use keyrelay::proxy::Proxy;
-use keyrelay::server::Listener;
+use keyrelay::server::{Listener, ServeSettings};
 use log::{LevelFilter, error, info};
 
 fn main() -> ExitCode {
@@ -47,6 +47,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(config.log_level);
+    std::panic::set_hook(Box::new(|info| error!("panic: {info}")));
     serve(config)
 }
 
@@ -95,7 +96,13 @@ fn serve(config: Config) -> ExitCode {
     }
     info!("listening on http://{}", listener.local_addr());
     let proxy = Arc::new(Proxy::new(&config));
-    match listener.serve(proxy, config.workers) {
+    let settings = ServeSettings {
+        workers: config.workers,
+        max_body: config.max_body_bytes,
+        idle_timeout: config.client_idle_timeout,
+        shutdown_grace: config.shutdown_grace,
+    };
+    match listener.serve(proxy, settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!("server failed: {err}");

@@ -1,38 +1,60 @@
-//! The listener and the fixed worker pool: tiny_http accepts and parses, N workers take
-//! requests from its queue and forward them one at a time.
+//! Wiring: the public listener and its guards, tiny_http behind them on a private Unix socket,
+//! the fixed worker pool, and graceful shutdown on SIGTERM / SIGINT.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixListener;
 use std::panic::{self, AssertUnwindSafe};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use log::error;
+use log::{error, info, warn};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
+use crate::acceptor;
+use crate::bridge::Bridge;
+use crate::client_conn::Registry;
 use crate::forward;
+use crate::guard::{CONN_HEADER, GuardContext};
 use crate::proxy::Proxy;
 use crate::stream::RelayBuffer;
 
 /// Stack size of a worker: forwarding needs little, and a thousand workers should cost little.
 const WORKER_STACK: usize = 256 * 1024;
 
+/// Internal links from the guards into tiny_http.
+const LINKS: usize = 4;
+
+/// Settings for serving.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeSettings {
+    /// Worker threads.
+    pub workers: usize,
+    /// Largest request body.
+    pub max_body: u64,
+    /// Client idle / stall / write timeout.
+    pub idle_timeout: Duration,
+    /// Longest wait for in-flight requests on shutdown.
+    pub shutdown_grace: Duration,
+}
+
 /// A bound, not yet serving, listener.
 pub struct Listener {
-    server: Arc<tiny_http::Server>,
+    tcp: TcpListener,
     addr: SocketAddr,
 }
 
 impl Listener {
     /// Binds `addr`.
     pub fn bind(addr: SocketAddr) -> io::Result<Listener> {
-        let listener = TcpListener::bind(addr)?;
-        let addr = listener.local_addr()?;
-        let server = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        Ok(Listener {
-            server: Arc::new(server),
-            addr,
-        })
+        let tcp = TcpListener::bind(addr)?;
+        let addr = tcp.local_addr()?;
+        Ok(Listener { tcp, addr })
     }
 
     /// The address actually bound (the port is chosen here when 0 was asked for).
@@ -40,35 +62,133 @@ impl Listener {
         self.addr
     }
 
-    /// Starts `workers` worker threads and blocks while they serve.
-    pub fn serve(self, proxy: Arc<Proxy>, workers: usize) -> io::Result<()> {
-        let mut handles = Vec::with_capacity(workers);
-        for index in 0..workers {
-            let server = Arc::clone(&self.server);
-            let proxy = Arc::clone(&proxy);
-            let handle = thread::Builder::new()
+    /// Serves until SIGTERM or SIGINT, then drains in-flight requests (bounded by the grace
+    /// period) and returns. A second signal exits at once.
+    pub fn serve(self, proxy: Arc<Proxy>, settings: ServeSettings) -> io::Result<()> {
+        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        let socket_dir = private_dir()?;
+        let socket_path = socket_dir.join("tiny_http.sock");
+        let tiny = tiny_http::Server::from_listener(UnixListener::bind(&socket_path)?, None)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let tiny = Arc::new(tiny);
+        let registry = Arc::new(Registry::default());
+        for index in 0..settings.workers {
+            let (tiny, proxy, registry) =
+                (Arc::clone(&tiny), Arc::clone(&proxy), Arc::clone(&registry));
+            thread::Builder::new()
                 .name(format!("worker-{index}"))
                 .stack_size(WORKER_STACK)
-                .spawn(move || work(&server, &proxy))?;
-            handles.push(handle);
+                .spawn(move || work(&tiny, &proxy, &registry))?;
         }
-        for handle in handles {
-            let _ = handle.join();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let ctx = Arc::new(GuardContext {
+            registry: Arc::clone(&registry),
+            bridge: Bridge::new(&socket_path, LINKS),
+            max_body: settings.max_body,
+            idle_timeout: settings.idle_timeout,
+            stopping: Arc::clone(&stopping),
+            shapes: proxy
+                .providers
+                .iter()
+                .map(|p| (format!("/{}/", p.name), p.shape))
+                .collect(),
+        });
+        let acceptor = thread::Builder::new()
+            .name("acceptor".into())
+            .spawn(move || acceptor::run(self.tcp, ctx))?;
+
+        let first = signals.forever().next();
+        info!(
+            "signal {} received: no new connections; waiting up to {}s for {} request(s) in flight",
+            first.unwrap_or_default(),
+            settings.shutdown_grace.as_secs(),
+            registry.busy()
+        );
+        stopping.store(true, Ordering::SeqCst);
+        acceptor::wake(self.addr);
+        let _ = acceptor.join();
+        thread::spawn(move || {
+            if signals.forever().next().is_some() {
+                warn!("second signal: exiting now");
+                std::process::exit(1);
+            }
+        });
+        let drained = wait_until_idle(&registry, settings.shutdown_grace);
+        let _ = std::fs::remove_dir_all(&socket_dir);
+        if drained {
+            info!("all requests finished; exiting");
+        } else {
+            warn!(
+                "grace period over with {} request(s) unfinished; exiting",
+                registry.busy()
+            );
         }
         Ok(())
     }
 }
 
-/// One worker: takes requests until the server shuts down.
-fn work(server: &tiny_http::Server, proxy: &Proxy) {
+/// Waits until nothing is being received or answered, twice in a row 50 ms apart (a request
+/// can be between a guard and a worker for an instant), or until `grace` runs out.
+fn wait_until_idle(registry: &Registry, grace: Duration) -> bool {
+    let deadline = Instant::now() + grace;
+    let mut quiet_checks = 0;
+    while Instant::now() < deadline {
+        quiet_checks = if registry.busy() == 0 {
+            quiet_checks + 1
+        } else {
+            0
+        };
+        if quiet_checks >= 2 {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A directory only this user can enter, for the internal socket.
+fn private_dir() -> io::Result<PathBuf> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!("keyrelay-{}-{nanos:08x}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}
+
+/// One worker: takes requests from tiny_http and answers each on its client connection.
+fn work(tiny: &tiny_http::Server, proxy: &Proxy, registry: &Registry) {
     let mut buffer = RelayBuffer::default();
-    while let Ok(request) = server.recv() {
+    while let Ok(request) = tiny.recv() {
+        let conn = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv(CONN_HEADER))
+            .and_then(|h| h.value.as_str().parse::<u64>().ok())
+            .and_then(|id| registry.get(id));
+        let Some(conn) = conn else {
+            // Only guards write to tiny_http, and they always name a registered connection.
+            error!("a request reached a worker without its connection; dropped");
+            drop(request.into_writer());
+            continue;
+        };
+        let turn = conn.take_turn();
+        let mut started = false;
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-            forward::handle(proxy, request, &mut buffer);
+            forward::handle(proxy, request, &conn, &mut buffer, &mut started);
         }));
         if outcome.is_err() {
-            // The request was dropped while unwinding, which answers it 500; the worker goes on.
-            error!("a request handler panicked; the client got a 500 and the worker continues");
+            if started {
+                // Part of an answer may be out; the only honest ending is to close.
+                let _ = conn.tcp.shutdown(Shutdown::Both);
+            } else {
+                forward::answer_internal_error(&conn);
+            }
+            error!(
+                "a request handler panicked; its client got a 500 or a closed connection, the worker goes on"
+            );
         }
+        drop(turn);
+        registry.request_done(&conn);
     }
 }

@@ -166,7 +166,11 @@ fn upstream_request_id_moves_to_x_upstream_request_id() {
     let ours = reply.header("x-request-id").expect("keyrelay's own id");
     assert_ne!(ours, "req_upstream_abc123");
     let sent = mock.requests();
-    assert_eq!(sent[0].header("x-request-id"), Some(ours), "same id goes upstream");
+    assert_eq!(
+        sent[0].header("x-request-id"),
+        Some(ours),
+        "same id goes upstream"
+    );
 }
 
 #[test]

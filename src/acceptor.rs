@@ -1,0 +1,99 @@
+//! The accept loop: takes client connections off the listening socket, gives each its own guard
+//! thread at once (no shared pool to starve), and survives running out of file descriptors by
+//! backing off until some are free again.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use log::{error, warn};
+
+use crate::guard::{self, GuardContext, TICK};
+
+/// Stack size of a guard thread: it parses heads and copies bytes, nothing deep.
+const GUARD_STACK: usize = 128 * 1024;
+
+/// Pause after an accept error such as EMFILE before trying again; the pending connection waits
+/// in the kernel's backlog meanwhile.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Linux errno values for "too many open files" (process / system) and "no buffer space".
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+const ENOBUFS: i32 = 105;
+const ENOMEM: i32 = 12;
+
+/// Accepts connections until `ctx.stopping` is set (then wake it with [`wake`]).
+pub fn run(listener: TcpListener, ctx: Arc<GuardContext>) {
+    let mut last_warning: Option<Instant> = None;
+    loop {
+        let accepted = listener.accept();
+        if ctx.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        match accepted {
+            Ok((tcp, peer)) => start_guard(&ctx, tcp, peer),
+            Err(err) => {
+                let exhausted =
+                    matches!(err.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM));
+                if exhausted {
+                    // Rate-limited: under exhaustion this path runs twenty times a second.
+                    if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                        warn!(
+                            "cannot accept connections: {err}; retrying until descriptors free up (raise LimitNOFILE / ulimit -n)"
+                        );
+                        last_warning = Some(Instant::now());
+                    }
+                    thread::sleep(ACCEPT_BACKOFF);
+                } else if !matches!(
+                    err.kind(),
+                    io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+                ) {
+                    error!("accept failed: {err}");
+                    thread::sleep(ACCEPT_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+fn start_guard(ctx: &Arc<GuardContext>, tcp: TcpStream, peer: SocketAddr) {
+    // Low latency for small SSE events; ticks for idle checks; a bound on how long a client that
+    // stops reading can hold a worker.
+    let setup = tcp
+        .set_nodelay(true)
+        .and_then(|_| tcp.set_read_timeout(Some(TICK)))
+        .and_then(|_| tcp.set_write_timeout(Some(ctx.idle_timeout)));
+    if let Err(err) = setup {
+        warn!("dropping a connection from {peer}: {err}");
+        return;
+    }
+    let conn = ctx.registry.register(tcp, peer);
+    let guard_ctx = Arc::clone(ctx);
+    let guard_conn = Arc::clone(&conn);
+    let spawned = thread::Builder::new()
+        .name("guard".into())
+        .stack_size(GUARD_STACK)
+        .spawn(move || guard::serve(&guard_ctx, guard_conn));
+    if let Err(err) = spawned {
+        warn!("dropping a connection from {peer}: cannot start a thread: {err}");
+        ctx.registry.guard_done(&conn);
+    }
+}
+
+/// Unblocks a thread waiting in `accept()` on `addr` by connecting to it.
+pub fn wake(addr: SocketAddr) {
+    let target = match addr {
+        SocketAddr::V4(v4) if v4.ip().is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], v4.port()))
+        }
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, v6.port()))
+        }
+        other => other,
+    };
+    let _ = TcpStream::connect_timeout(&target, Duration::from_secs(1));
+}

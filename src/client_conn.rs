@@ -1,0 +1,166 @@
+//! Client connections as the workers see them: the socket a response is written to, the turn
+//! that keeps pipelined responses in order, and the count of requests still owed an answer.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// One accepted client connection.
+pub struct ClientConn {
+    /// Registry id, carried to the worker in the forwarded request.
+    pub id: u64,
+    /// The client socket; workers write responses straight to it.
+    pub tcp: TcpStream,
+    /// The client's address.
+    pub peer: SocketAddr,
+    turn: Mutex<()>,
+    in_flight: AtomicUsize,
+    guard_done: AtomicBool,
+}
+
+impl ClientConn {
+    /// Exclusive right to write a response on this connection; held for a whole response so
+    /// answers to pipelined requests never interleave.
+    pub fn take_turn(&self) -> MutexGuard<'_, ()> {
+        self.turn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Requests forwarded on this connection and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+}
+
+/// All open client connections, and the number of requests in flight across them.
+#[derive(Default)]
+pub struct Registry {
+    conns: Mutex<HashMap<u64, Arc<ClientConn>>>,
+    next_id: AtomicU64,
+    in_flight: AtomicUsize,
+    receiving: AtomicUsize,
+}
+
+/// Marks a request as being received (head read, body still arriving) while it lives.
+pub struct Receiving<'a>(&'a AtomicUsize);
+
+impl Drop for Receiving<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Registry {
+    fn map(&self) -> MutexGuard<'_, HashMap<u64, Arc<ClientConn>>> {
+        self.conns
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a new connection.
+    pub fn register(&self, tcp: TcpStream, peer: SocketAddr) -> Arc<ClientConn> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let conn = Arc::new(ClientConn {
+            id,
+            tcp,
+            peer,
+            turn: Mutex::new(()),
+            in_flight: AtomicUsize::new(0),
+            guard_done: AtomicBool::new(false),
+        });
+        self.map().insert(id, Arc::clone(&conn));
+        conn
+    }
+
+    /// The connection with `id`, while it is open or owed an answer.
+    pub fn get(&self, id: u64) -> Option<Arc<ClientConn>> {
+        self.map().get(&id).cloned()
+    }
+
+    /// Counts a request handed on for `conn`.
+    pub fn request_forwarded(&self, conn: &ClientConn) {
+        conn.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Counts an answered request; forgets the connection once its guard has gone too.
+    pub fn request_done(&self, conn: &ClientConn) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let left = conn.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
+        if left == 0 && conn.guard_done.load(Ordering::SeqCst) {
+            self.map().remove(&conn.id);
+        }
+    }
+
+    /// The guard stopped reading from `conn`; it is forgotten once no answer is owed.
+    pub fn guard_done(&self, conn: &ClientConn) {
+        conn.guard_done.store(true, Ordering::SeqCst);
+        if conn.in_flight.load(Ordering::SeqCst) == 0 {
+            self.map().remove(&conn.id);
+        }
+    }
+
+    /// Counts a request whose head has arrived and whose body is being read, until dropped.
+    pub fn receiving(&self) -> Receiving<'_> {
+        self.receiving.fetch_add(1, Ordering::SeqCst);
+        Receiving(&self.receiving)
+    }
+
+    /// Requests being received or owed an answer: what a graceful shutdown waits for.
+    pub fn busy(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst) + self.receiving.load(Ordering::SeqCst)
+    }
+
+    /// Requests forwarded and not yet answered, over all connections.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Open connections.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    /// True when no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.map().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn socket() -> (TcpStream, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        (TcpStream::connect(addr).unwrap(), addr)
+    }
+
+    #[test]
+    fn connection_outlives_its_guard_while_owed_an_answer() {
+        let registry = Registry::default();
+        let (tcp, peer) = socket();
+        let conn = registry.register(tcp, peer);
+        registry.request_forwarded(&conn);
+        registry.guard_done(&conn);
+        assert!(registry.get(conn.id).is_some(), "still owed an answer");
+        assert_eq!(registry.in_flight(), 1);
+        registry.request_done(&conn);
+        assert!(registry.get(conn.id).is_none());
+        assert_eq!(registry.in_flight(), 0);
+    }
+
+    #[test]
+    fn idle_connection_is_forgotten_when_its_guard_ends() {
+        let registry = Registry::default();
+        let (tcp, peer) = socket();
+        let conn = registry.register(tcp, peer);
+        assert_eq!(registry.len(), 1);
+        registry.guard_done(&conn);
+        assert!(registry.is_empty());
+    }
+}

@@ -1,0 +1,387 @@
+//! Parsing a client's request head from bytes, strictly and with a size bound, before anything
+//! reaches tiny_http. Pure: bytes in, a [`Head`] or a [`HeadError`] out.
+
+use std::ops::Range;
+
+/// Largest request head (request line and headers) accepted; larger answers 431.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Most header lines accepted in one head.
+pub const MAX_HEADERS: usize = 128;
+
+/// A parsed request head. Ranges index into the bytes it was parsed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// Method, e.g. `POST`.
+    pub method: String,
+    /// Request target as sent (path and query).
+    pub target: String,
+    /// True for HTTP/1.0, false for HTTP/1.1.
+    pub http10: bool,
+    /// Header lines as (name, value) ranges, value trimmed.
+    pub headers: Vec<(Range<usize>, Range<usize>)>,
+    /// Declared body length.
+    pub content_length: Option<u64>,
+    /// Body uses chunked transfer coding.
+    pub chunked: bool,
+    /// The connection ends after this request (HTTP/1.0 without keep-alive, or `Connection: close`).
+    pub close: bool,
+    /// The client waits for `100 Continue` before sending its body.
+    pub expect_continue: bool,
+    /// Bytes the head occupies, final blank line included.
+    pub len: usize,
+}
+
+/// Why a head was refused; each maps to a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// Not HTTP: bad request line, header syntax, control or non-ASCII bytes.
+    Malformed(&'static str),
+    /// A version other than HTTP/1.0 or HTTP/1.1.
+    Version,
+    /// The head is over [`MAX_HEAD_BYTES`] or has too many headers.
+    TooLarge,
+    /// Content-Length is not a number, or two disagree.
+    BadLength,
+    /// A transfer coding other than chunked.
+    UnsupportedCoding,
+    /// An `Expect` other than `100-continue`.
+    BadExpectation,
+}
+
+impl HeadError {
+    /// The status to answer with.
+    pub fn status(self) -> u16 {
+        match self {
+            HeadError::Malformed(_) | HeadError::BadLength => 400,
+            HeadError::Version => 505,
+            HeadError::TooLarge => 431,
+            HeadError::UnsupportedCoding => 501,
+            HeadError::BadExpectation => 417,
+        }
+    }
+
+    /// What the client should do about it.
+    pub fn message(self) -> String {
+        match self {
+            HeadError::Malformed(what) => format!("Malformed HTTP request ({what}); send a valid HTTP/1.1 request."),
+            HeadError::Version => "Only HTTP/1.0 and HTTP/1.1 are supported; use HTTP/1.1.".to_string(),
+            HeadError::TooLarge => format!("Request head is larger than {MAX_HEAD_BYTES} bytes or has more than {MAX_HEADERS} headers; send fewer or shorter headers."),
+            HeadError::BadLength => "Content-Length is invalid; send one non-negative decimal Content-Length.".to_string(),
+            HeadError::UnsupportedCoding => "Only the chunked transfer coding is supported; send the body with Content-Length or chunked.".to_string(),
+            HeadError::BadExpectation => "Only `Expect: 100-continue` is supported; remove the Expect header.".to_string(),
+        }
+    }
+}
+
+/// Parses a head from the start of `buf`. `Ok(None)`: not complete yet (read more).
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
+    // Tolerate blank lines before a request (RFC 9112 §2.2).
+    let skip = buf
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    let Some(end) = find_head_end(&buf[skip..]) else {
+        return if buf.len() > MAX_HEAD_BYTES {
+            Err(HeadError::TooLarge)
+        } else {
+            Ok(None)
+        };
+    };
+    let len = skip + end;
+    if len > MAX_HEAD_BYTES {
+        return Err(HeadError::TooLarge);
+    }
+    let text = &buf[skip..len];
+    if text
+        .iter()
+        .any(|&b| b >= 0x80 || (b < 0x20 && !matches!(b, b'\r' | b'\n' | b'\t')) || b == 0x7f)
+    {
+        return Err(HeadError::Malformed("control or non-ASCII byte"));
+    }
+    let mut lines = LineIter {
+        buf,
+        pos: skip,
+        end: len,
+    };
+    let request_line = lines
+        .next()
+        .ok_or(HeadError::Malformed("empty request line"))?;
+    let (method, target, http10) = parse_request_line(&buf[request_line])?;
+    let mut head = Head {
+        method,
+        target,
+        http10,
+        headers: Vec::new(),
+        content_length: None,
+        chunked: false,
+        close: http10,
+        expect_continue: false,
+        len,
+    };
+    for line in lines {
+        if line.is_empty() {
+            break;
+        }
+        if head.headers.len() == MAX_HEADERS {
+            return Err(HeadError::TooLarge);
+        }
+        let (name, value) = split_header(buf, line)?;
+        apply_header(&mut head, &buf[name.clone()], &buf[value.clone()])?;
+        head.headers.push((name, value));
+    }
+    if head.chunked {
+        // RFC 9112 §6.3: with chunked, a Content-Length is ignored (and must not be forwarded).
+        head.content_length = None;
+    }
+    Ok(Some(head))
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    let limit = buf.len().min(MAX_HEAD_BYTES + 4);
+    buf[..limit]
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4)
+        .or_else(|| {
+            buf[..limit]
+                .windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|at| at + 2)
+        })
+}
+
+struct LineIter<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    end: usize,
+}
+
+impl Iterator for LineIter<'_> {
+    type Item = Range<usize>;
+    fn next(&mut self) -> Option<Range<usize>> {
+        if self.pos >= self.end {
+            return None;
+        }
+        let rest = &self.buf[self.pos..self.end];
+        let nl = rest.iter().position(|&b| b == b'\n')?;
+        let mut line_end = self.pos + nl;
+        if line_end > self.pos && self.buf[line_end - 1] == b'\r' {
+            line_end -= 1;
+        }
+        let line = self.pos..line_end;
+        self.pos += nl + 1;
+        Some(line)
+    }
+}
+
+fn parse_request_line(line: &[u8]) -> Result<(String, String, bool), HeadError> {
+    let text = std::str::from_utf8(line).map_err(|_| HeadError::Malformed("request line"))?;
+    let mut parts = text.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(HeadError::Malformed("request line"));
+    };
+    if method.is_empty() || !method.bytes().all(is_token_byte) {
+        return Err(HeadError::Malformed("method"));
+    }
+    if target.is_empty() || target.contains(['\t', '#']) {
+        return Err(HeadError::Malformed("request target"));
+    }
+    let http10 = match version {
+        "HTTP/1.1" => false,
+        "HTTP/1.0" => true,
+        v if v.starts_with("HTTP/") => return Err(HeadError::Version),
+        _ => return Err(HeadError::Malformed("version")),
+    };
+    Ok((method.to_string(), target.to_string(), http10))
+}
+
+fn split_header(buf: &[u8], line: Range<usize>) -> Result<(Range<usize>, Range<usize>), HeadError> {
+    let bytes = &buf[line.clone()];
+    let colon = bytes
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(HeadError::Malformed("header without colon"))?;
+    if colon == 0 || !bytes[..colon].iter().copied().all(is_token_byte) {
+        // Also refuses obsolete line folding (a line starting with white space).
+        return Err(HeadError::Malformed("header name"));
+    }
+    let mut start = line.start + colon + 1;
+    let mut end = line.end;
+    while start < end && matches!(buf[start], b' ' | b'\t') {
+        start += 1;
+    }
+    while end > start && matches!(buf[end - 1], b' ' | b'\t') {
+        end -= 1;
+    }
+    Ok((line.start..line.start + colon, start..end))
+}
+
+fn apply_header(head: &mut Head, name: &[u8], value: &[u8]) -> Result<(), HeadError> {
+    let value = std::str::from_utf8(value).map_err(|_| HeadError::Malformed("header value"))?;
+    if name.eq_ignore_ascii_case(b"content-length") {
+        let length: u64 = value
+            .parse()
+            .ok()
+            .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or(HeadError::BadLength)?;
+        if head.content_length.is_some_and(|seen| seen != length) {
+            return Err(HeadError::BadLength);
+        }
+        head.content_length = Some(length);
+    } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        for coding in value.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if !coding.eq_ignore_ascii_case("chunked") || head.chunked {
+                return Err(HeadError::UnsupportedCoding);
+            }
+            head.chunked = true;
+        }
+    } else if name.eq_ignore_ascii_case(b"connection") {
+        for token in value.split(',').map(str::trim) {
+            if token.eq_ignore_ascii_case("close") {
+                head.close = true;
+            } else if token.eq_ignore_ascii_case("keep-alive") && head.http10 {
+                head.close = false;
+            }
+        }
+    } else if name.eq_ignore_ascii_case(b"expect") {
+        if !value.eq_ignore_ascii_case("100-continue") {
+            return Err(HeadError::BadExpectation);
+        }
+        head.expect_continue = true;
+    }
+    Ok(())
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Option<Head>, HeadError> {
+        parse_head(text.as_bytes())
+    }
+
+    #[test]
+    fn complete_heads() {
+        let head = parse("POST /openai/v1/x?a=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 12\r\nX-A:  b \r\n\r\nbody")
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.method, "POST");
+        assert_eq!(head.target, "/openai/v1/x?a=1");
+        assert_eq!(head.content_length, Some(12));
+        assert!(!head.close && !head.http10 && !head.chunked);
+        assert_eq!(head.headers.len(), 3);
+        let text = "POST /openai/v1/x?a=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 12\r\nX-A:  b \r\n\r\nbody";
+        let (name, value) = head.headers[2].clone();
+        assert_eq!(&text[name], "X-A");
+        assert_eq!(&text[value], "b");
+        assert_eq!(&text[head.len..], "body");
+    }
+
+    #[test]
+    fn connection_semantics() {
+        let cases = [
+            ("GET / HTTP/1.0\r\n\r\n", true),
+            ("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", false),
+            ("GET / HTTP/1.1\r\n\r\n", false),
+            ("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n", true),
+        ];
+        for (text, close) in cases {
+            assert_eq!(parse(text).unwrap().unwrap().close, close, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn incomplete_heads_ask_for_more() {
+        for text in ["", "GET / HTTP/1.1\r\n", "GET / HTTP/1.1\r\nHost: x\r\n\r"] {
+            assert_eq!(parse(text), Ok(None), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn refusals() {
+        let huge_line = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(200_000));
+        let endless = format!("GET / HTTP/1.1\r\nX-Big: {}", "a".repeat(70_000));
+        let many = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            "A: b\r\n".repeat(MAX_HEADERS + 1)
+        );
+        let cases: Vec<(String, HeadError)> = vec![
+            (
+                "\x16\x03\x01garbage\r\n\r\n".into(),
+                HeadError::Malformed("control or non-ASCII byte"),
+            ),
+            (
+                "hello world\r\n\r\n".into(),
+                HeadError::Malformed("request line"),
+            ),
+            ("GET / HTTP/9.9\r\n\r\n".into(), HeadError::Version),
+            ("GET / HTTP/2.0\r\n\r\n".into(), HeadError::Version),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n".into(),
+                HeadError::BadLength,
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".into(),
+                HeadError::BadLength,
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n".into(),
+                HeadError::BadLength,
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n".into(),
+                HeadError::UnsupportedCoding,
+            ),
+            (
+                "GET / HTTP/1.1\r\nExpect: magic\r\n\r\n".into(),
+                HeadError::BadExpectation,
+            ),
+            (
+                "GET / HTTP/1.1\r\n folded: x\r\n\r\n".into(),
+                HeadError::Malformed("header name"),
+            ),
+            (
+                "GET / HTTP/1.1\r\nNoColon\r\n\r\n".into(),
+                HeadError::Malformed("header without colon"),
+            ),
+            (
+                "GET / HTTP/1.1\r\nX: caf\u{e9}\r\n\r\n".into(),
+                HeadError::Malformed("control or non-ASCII byte"),
+            ),
+            (huge_line, HeadError::TooLarge),
+            (endless, HeadError::TooLarge),
+            (many, HeadError::TooLarge),
+        ];
+        for (text, error) in cases {
+            assert_eq!(
+                parse(&text),
+                Err(error),
+                "{:?}",
+                &text[..text.len().min(60)]
+            );
+        }
+    }
+
+    #[test]
+    fn chunked_wins_over_length_and_expect_is_seen() {
+        let head = parse("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(head.chunked && head.expect_continue);
+        assert_eq!(head.content_length, None);
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(HeadError::TooLarge.status(), 431);
+        assert_eq!(HeadError::Version.status(), 505);
+        assert_eq!(HeadError::BadLength.status(), 400);
+    }
+}
