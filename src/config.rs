@@ -144,6 +144,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Log verbosity.
     pub log_level: LogLevel,
+    /// Extra log destination.
+    pub log_file: Option<String>,
+    /// Client access tokens (empty: none required).
+    pub proxy_tokens: Vec<ApiKey>,
     /// Providers, keyed by route name, in a fixed order.
     pub providers: Vec<ProviderConfig>,
 }
@@ -260,7 +264,25 @@ impl Config {
             })?,
             None => IpAddr::from([127, 0, 0, 1]),
         };
+        let proxy_tokens = parse_keys(get("PROXY_API_KEYS").as_deref().unwrap_or(""));
+        let allow_open = parse_bool(
+            "ALLOW_UNAUTHENTICATED",
+            get("ALLOW_UNAUTHENTICATED").as_deref(),
+        )?;
+        if !host.is_loopback() && proxy_tokens.is_empty() && !allow_open {
+            return Err(ConfigError::Invalid {
+                var: "PROXY_API_KEYS",
+                reason: format!(
+                    "HOST={host} is reachable from other machines and no client token is set, so anyone \
+                     could spend your API keys. Either set PROXY_API_KEYS=token1,token2 (clients send one \
+                     as their API key), or set ALLOW_UNAUTHENTICATED=true to accept the risk (e.g. behind \
+                     a firewall or an authenticating reverse proxy)"
+                ),
+            });
+        }
         Ok(Config {
+            log_file: get("LOG_FILE"),
+            proxy_tokens,
             host,
             port: number(&get, "PORT", 3000, 0, u16::MAX as u64)? as u16,
             workers: number(&get, "WORKERS", 256, 1, 16_384)? as usize,
@@ -339,6 +361,17 @@ fn secs(
     number(get, var, default, 1, 7 * 24 * 3600).map(Duration::from_secs)
 }
 
+fn parse_bool(var: &'static str, value: Option<&str>) -> Result<bool, ConfigError> {
+    match value.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("false" | "0" | "no" | "off") => Ok(false),
+        Some("true" | "1" | "yes" | "on") => Ok(true),
+        Some(other) => Err(ConfigError::Invalid {
+            var,
+            reason: format!("{other:?} is not true or false"),
+        }),
+    }
+}
+
 fn parse_log_level(value: Option<&str>) -> Result<LogLevel, ConfigError> {
     match value.map(str::to_ascii_lowercase).as_deref() {
         None | Some("info") => Ok(LogLevel::Info),
@@ -377,6 +410,15 @@ mod tests {
             "https://api.openai.com"
         );
         assert!(c.provider("gemini").unwrap().keys.is_empty());
+    }
+
+    #[test]
+    fn public_host_needs_tokens_or_an_explicit_opt_out() {
+        let base = [("OPENAI_API_KEYS", "a"), ("HOST", "0.0.0.0")];
+        assert!(config(&base).is_err());
+        assert!(config(&[base[0], base[1], ("PROXY_API_KEYS", "t1")]).is_ok());
+        assert!(config(&[base[0], base[1], ("ALLOW_UNAUTHENTICATED", "true")]).is_ok());
+        assert!(config(&[base[0], ("HOST", "::1")]).is_ok());
     }
 
     #[test]
@@ -423,6 +465,14 @@ mod tests {
             (
                 &[("OPENAI_API_KEYS", "a"), ("COOLDOWN_SECS", "-1")],
                 "COOLDOWN_SECS",
+            ),
+            (
+                &[("OPENAI_API_KEYS", "a"), ("HOST", "0.0.0.0")],
+                "PROXY_API_KEYS",
+            ),
+            (
+                &[("OPENAI_API_KEYS", "a"), ("ALLOW_UNAUTHENTICATED", "maybe")],
+                "ALLOW_UNAUTHENTICATED",
             ),
             (&[], "GEMINI_API_KEYS"),
             (&[("OPENAI_API_KEYS", " , ")], "OPENAI_API_KEYS"),

@@ -15,6 +15,8 @@ pub enum ProxyError {
         /// The routes that exist, e.g. `/openai/*`.
         routes: Vec<String>,
     },
+    /// PROXY_API_KEYS is set and the request carries none of its tokens.
+    Unauthorized,
     /// The provider exists but has no keys.
     NoKeys {
         /// The variable to set.
@@ -75,6 +77,11 @@ impl ProxyError {
                     "No route for this path. keyrelay serves {}; point your SDK's base URL at one of them.",
                     routes.join(", ")
                 ),
+            ),
+            ProxyError::Unauthorized => (
+                401,
+                "invalid_proxy_token",
+                "Missing or invalid keyrelay access token: use one of the tokens in PROXY_API_KEYS as your SDK's API key (Authorization: Bearer, x-goog-api-key, x-api-key or ?key=).".to_string(),
             ),
             ProxyError::NoKeys { keys_var } => (
                 503,
@@ -228,6 +235,7 @@ mod tests {
             ),
             (ProxyError::BodyTooLarge { limit: 10 }, 413),
             (ProxyError::BadBody, 400),
+            (ProxyError::Unauthorized, 401),
             (ProxyError::BadRequest, 400),
             (
                 ProxyError::Exhausted {

@@ -9,8 +9,10 @@ use log::{debug, info, warn};
 use tiny_http::Request;
 use ureq::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
+use crate::admin::{self, Page, Rendered};
 use crate::client_conn::ClientConn;
 use crate::guard::CLIENT_HEADER;
+use crate::metrics::route_label;
 
 use crate::config::REJECTED_KEY_BENCH;
 use crate::error::ProxyError;
@@ -105,6 +107,8 @@ enum Answer {
         attempts: u32,
         key: String,
     },
+    /// One of keyrelay's own pages.
+    Page(Rendered),
     /// An upstream answer already read (the last 401/403/5xx after every key failed).
     Saved {
         answer: SavedAnswer,
@@ -143,6 +147,18 @@ pub fn handle(
     if client.wants_close {
         let _ = conn.tcp.shutdown(Shutdown::Both);
     }
+    let (name, rest) = split_route(path);
+    let provider_label = if proxy.provider(name).is_some() {
+        name
+    } else {
+        "none"
+    };
+    proxy.metrics.record(
+        provider_label,
+        &route_label(rest),
+        report.status,
+        started_at.elapsed(),
+    );
     info!(
         "req={} {} {} status={} attempts={} key={} ms={}{}",
         client.id,
@@ -193,13 +209,27 @@ fn decide(proxy: &Proxy, incoming: &Incoming, path: &str, query: &str, request_i
         shape,
         attempts: 0,
     };
-    let trimmed = path.trim_start_matches('/');
-    let (name, rest) = trimmed.split_once('/').unwrap_or((trimmed, ""));
+    let headers = || {
+        incoming
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+    };
+    if let Some(page) = Page::at(path) {
+        if page.needs_token() && !proxy.access.allows(headers(), query) {
+            return local(ProxyError::Unauthorized, ErrorShape::OpenAi);
+        }
+        return Answer::Page(admin::render(proxy, page));
+    }
+    let (name, rest) = split_route(path);
     let Some(provider) = proxy.provider(name) else {
         let routes = proxy.routes();
         return local(ProxyError::NotFound { routes }, ErrorShape::OpenAi);
     };
     let shape = provider.shape;
+    if !proxy.access.allows(headers(), query) {
+        return local(ProxyError::Unauthorized, shape);
+    }
     if provider.pool.is_empty() {
         let keys_var = provider.keys_var.clone();
         return local(ProxyError::NoKeys { keys_var }, shape);
@@ -213,6 +243,12 @@ fn decide(proxy: &Proxy, incoming: &Incoming, path: &str, query: &str, request_i
         Some(upstream) => attempt(proxy, provider, &upstream, body),
         None => local(ProxyError::BadRequest, shape),
     }
+}
+
+/// `/openai/v1/x` → (`openai`, `v1/x`).
+fn split_route(path: &str) -> (&str, &str) {
+    let trimmed = path.trim_start_matches('/');
+    trimmed.split_once('/').unwrap_or((trimmed, ""))
 }
 
 fn client_info(proxy: &Proxy, incoming: &Incoming) -> ClientInfo {
@@ -506,6 +542,23 @@ fn deliver(
             Report {
                 status,
                 attempts,
+                key: None,
+                note,
+            }
+        }
+        Answer::Page(page) => {
+            let mut headers = HeaderMap::new();
+            headers.insert("content-type", HeaderValue::from_static(page.content_type));
+            headers.insert("cache-control", HeaderValue::from_static("no-store"));
+            let saved = SavedAnswer {
+                status: 200,
+                headers,
+                body: page.body.into_bytes(),
+            };
+            let (status, note) = write_saved(out, client, &saved, buffer);
+            Report {
+                status,
+                attempts: 0,
                 key: None,
                 note,
             }

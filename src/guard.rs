@@ -16,6 +16,7 @@ use crate::error::ProxyError;
 use crate::headers::connection_tokens;
 use crate::http_head::{Head, parse_head};
 use crate::provider::ErrorShape;
+use crate::request_id::RequestIds;
 
 /// How often a blocked read wakes to check idle time and shutdown.
 pub const TICK: Duration = Duration::from_millis(500);
@@ -53,6 +54,8 @@ pub struct GuardContext {
     pub stopping: Arc<AtomicBool>,
     /// Route prefixes (`/gemini/`) and the error shape of their provider.
     pub shapes: Vec<(String, ErrorShape)>,
+    /// Request ids, for refusals.
+    pub ids: Arc<RequestIds>,
 }
 
 impl GuardContext {
@@ -72,6 +75,9 @@ enum Stop {
     Refuse(ProxyError, ErrorShape),
 }
 
+/// Method and path of the request being refused, for the log line.
+type RequestLine = Option<(String, String)>;
+
 /// Serves one client connection until it closes.
 pub fn serve(ctx: &GuardContext, conn: Arc<ClientConn>) {
     let mut guard = Guard {
@@ -80,8 +86,9 @@ pub fn serve(ctx: &GuardContext, conn: Arc<ClientConn>) {
         buf: Vec::with_capacity(4096),
         last_progress: Instant::now(),
     };
-    if let Stop::Refuse(error, shape) = guard.run() {
-        guard.refuse(&error, shape);
+    let mut line: RequestLine = None;
+    if let Stop::Refuse(error, shape) = guard.run(&mut line) {
+        guard.refuse(&error, shape, line);
     }
     ctx.registry.guard_done(&conn);
 }
@@ -94,8 +101,9 @@ struct Guard<'a> {
 }
 
 impl Guard<'_> {
-    fn run(&mut self) -> Stop {
+    fn run(&mut self, line: &mut RequestLine) -> Stop {
         loop {
+            *line = None;
             let head = loop {
                 match parse_head(&self.buf) {
                     Ok(Some(head)) => break head,
@@ -111,6 +119,8 @@ impl Guard<'_> {
                 }
             };
             let shape = self.ctx.shape_for(&head.target);
+            let path = head.target.split('?').next().unwrap_or("");
+            *line = Some((head.method.clone(), path.to_string()));
             let _receiving = self.ctx.registry.receiving();
             let body = match self.read_body(&head) {
                 Ok(body) => body,
@@ -236,10 +246,16 @@ impl Guard<'_> {
 
     /// Answers a refusal, then closes gently: stop writing, and read what the client still
     /// sends for a moment, so the answer is not lost to a reset.
-    fn refuse(&mut self, error: &ProxyError, shape: ErrorShape) {
+    fn refuse(&mut self, error: &ProxyError, shape: ErrorShape, line: RequestLine) {
         let answer = error.answer(shape);
+        let id = self.ctx.ids.next();
+        let (method, path) = line.unwrap_or_else(|| ("-".into(), "-".into()));
+        log::info!(
+            "req={id} {method} {path} status={} attempts=0 key=- ms=0 refused=guard",
+            answer.status
+        );
         let mut response = format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {id}\r\nconnection: close\r\n",
             answer.status,
             crate::stream::reason_phrase(answer.status),
             answer.body.len()

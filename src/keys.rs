@@ -98,6 +98,15 @@ pub enum AttemptClass {
 }
 
 impl AttemptClass {
+    /// Every class, in a fixed order.
+    pub const ALL: [AttemptClass; 5] = [
+        AttemptClass::Success,
+        AttemptClass::RateLimited,
+        AttemptClass::Rejected,
+        AttemptClass::ServerError,
+        AttemptClass::Unreachable,
+    ];
+
     /// Short label used in /status and /metrics.
     pub fn label(self) -> &'static str {
         match self {
@@ -123,6 +132,8 @@ pub struct KeyStats {
     pub other_errors: u64,
     /// The class of the last failure, if any.
     pub last_error: Option<AttemptClass>,
+    /// Attempts by outcome, indexed like [`AttemptClass::ALL`].
+    pub by_class: [u64; 5],
 }
 
 /// A snapshot of one key for status pages.
@@ -265,6 +276,7 @@ impl KeyPool {
         let mut state = self.lock();
         let stats = &mut state.slots[index].stats;
         stats.requests += 1;
+        stats.by_class[class as usize] += 1;
         match class {
             AttemptClass::Success => stats.successes += 1,
             AttemptClass::RateLimited => stats.rate_limited += 1,

@@ -25,6 +25,8 @@
 //! No level ever prints a key, a client credential or a raw query string: keys print as masks.
 
 pub mod acceptor;
+pub mod access;
+pub mod admin;
 pub mod bridge;
 pub mod chunked;
 pub mod cli;
@@ -38,6 +40,7 @@ pub mod headers;
 pub mod http_head;
 pub mod json;
 pub mod keys;
+pub mod metrics;
 pub mod outcome;
 pub mod provider;
 pub mod proxy;
@@ -45,3 +48,4 @@ pub mod request_id;
 pub mod server;
 pub mod stream;
 pub mod upstream;
+pub mod utc;

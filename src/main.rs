@@ -46,7 +46,10 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    init_logging(config.log_level);
+    if let Err(message) = init_logging(config.log_level, config.log_file.as_deref()) {
+        eprintln!("keyrelay: LOG_FILE: {message}");
+        return ExitCode::from(2);
+    }
     std::panic::set_hook(Box::new(|info| error!("panic: {info}")));
     serve(config)
 }
@@ -62,7 +65,7 @@ fn load_config() -> Result<Config, String> {
     Config::from_lookup(&lookup).map_err(|e| e.to_string())
 }
 
-fn init_logging(level: LogLevel) {
+fn init_logging(level: LogLevel, log_file: Option<&str>) -> Result<(), String> {
     let filter = match level {
         LogLevel::Error => LevelFilter::Error,
         LogLevel::Warn => LevelFilter::Warn,
@@ -76,8 +79,24 @@ fn init_logging(level: LogLevel) {
         // Only keyrelay's own lines: dependencies' debug output can contain URLs and headers.
         .add_filter_allow_str("keyrelay")
         .build();
-    let stderr = LineWriter::new(std::io::stderr());
-    let _ = simplelog::WriteLogger::init(filter, config, stderr);
+    let mut loggers: Vec<Box<dyn simplelog::SharedLogger>> = vec![simplelog::WriteLogger::new(
+        filter,
+        config.clone(),
+        LineWriter::new(std::io::stderr()),
+    )];
+    if let Some(path) = log_file {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("cannot open {path}: {e}"))?;
+        loggers.push(simplelog::WriteLogger::new(
+            filter,
+            config,
+            LineWriter::new(file),
+        ));
+    }
+    simplelog::CombinedLogger::init(loggers).map_err(|e| e.to_string())
 }
 
 fn serve(config: Config) -> ExitCode {

@@ -1,11 +1,15 @@
 //! The running proxy's shared state, built once from the configuration and shared by every
 //! worker: providers with their key pools, the upstream agent, limits and the id source.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ureq::Agent;
 
+use crate::access::AccessTokens;
+use crate::client_conn::Registry;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::provider::Provider;
 use crate::request_id::RequestIds;
 use crate::upstream;
@@ -30,7 +34,15 @@ pub struct Proxy {
     /// Limits.
     pub limits: Limits,
     /// Request ids.
-    pub ids: RequestIds,
+    pub ids: Arc<RequestIds>,
+    /// Client access tokens.
+    pub access: AccessTokens,
+    /// Open client connections and requests in flight.
+    pub registry: Arc<Registry>,
+    /// Request counters.
+    pub metrics: Metrics,
+    /// Start time, for uptime.
+    pub started: Instant,
 }
 
 impl Proxy {
@@ -61,7 +73,11 @@ impl Proxy {
                 cooldown: config.cooldown,
                 upstream_timeout: config.upstream_timeout,
             },
-            ids: RequestIds::default(),
+            ids: Arc::new(RequestIds::default()),
+            access: AccessTokens::new(config.proxy_tokens.clone()),
+            registry: Arc::new(Registry::default()),
+            metrics: Metrics::default(),
+            started: Instant::now(),
         }
     }
 

@@ -71,7 +71,7 @@ impl Listener {
         let tiny = tiny_http::Server::from_listener(UnixListener::bind(&socket_path)?, None)
             .map_err(|e| io::Error::other(e.to_string()))?;
         let tiny = Arc::new(tiny);
-        let registry = Arc::new(Registry::default());
+        let registry = Arc::clone(&proxy.registry);
         for index in 0..settings.workers {
             let (tiny, proxy, registry) =
                 (Arc::clone(&tiny), Arc::clone(&proxy), Arc::clone(&registry));
@@ -92,6 +92,7 @@ impl Listener {
                 .iter()
                 .map(|p| (format!("/{}/", p.name), p.shape))
                 .collect(),
+            ids: Arc::clone(&proxy.ids),
         });
         let acceptor = thread::Builder::new()
             .name("acceptor".into())
@@ -172,6 +173,7 @@ fn work(tiny: &tiny_http::Server, proxy: &Proxy, registry: &Registry) {
             drop(request.into_writer());
             continue;
         };
+        let _busy = proxy.metrics.worker_busy();
         let turn = conn.take_turn();
         let mut started = false;
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| {

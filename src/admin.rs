@@ -1,0 +1,272 @@
+//! keyrelay's own pages: `/` (what this is), `/health`, `/status` (keys, masked) and `/metrics`
+//! (Prometheus text). They never call an upstream and never show a full key.
+
+use std::fmt::Write as _;
+use std::time::{Instant, SystemTime};
+
+use crate::json::quote;
+use crate::keys::{AttemptClass, BenchReason, KeySnapshot};
+use crate::metrics::DURATION_BUCKETS;
+use crate::proxy::Proxy;
+use crate::utc::format_rfc3339;
+
+/// A page keyrelay serves itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// `/`: a short description.
+    Index,
+    /// `/health`, `/healthz`: liveness.
+    Health,
+    /// `/status`: providers and keys.
+    Status,
+    /// `/metrics`: Prometheus text format.
+    Metrics,
+}
+
+impl Page {
+    /// The page at `path`, if it is one.
+    pub fn at(path: &str) -> Option<Page> {
+        match path {
+            "/" => Some(Page::Index),
+            "/health" | "/healthz" => Some(Page::Health),
+            "/status" => Some(Page::Status),
+            "/metrics" => Some(Page::Metrics),
+            _ => None,
+        }
+    }
+
+    /// Whether the page needs an access token when PROXY_API_KEYS is set.
+    pub fn needs_token(self) -> bool {
+        matches!(self, Page::Status | Page::Metrics)
+    }
+}
+
+/// A rendered page.
+pub struct Rendered {
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// Body.
+    pub body: String,
+}
+
+/// Renders `page`.
+pub fn render(proxy: &Proxy, page: Page) -> Rendered {
+    let json = |body| Rendered {
+        content_type: "application/json",
+        body,
+    };
+    match page {
+        Page::Index => json(format!(
+            r#"{{"name":"keyrelay","version":{},"routes":[{}],"docs":"point your SDK's base URL at a route, e.g. http://HOST:PORT/openai/v1"}}"#,
+            quote(env!("CARGO_PKG_VERSION")),
+            proxy
+                .routes()
+                .iter()
+                .map(|r| quote(r))
+                .collect::<Vec<_>>()
+                .join(",")
+        )),
+        Page::Health => json(r#"{"status":"ok"}"#.to_string()),
+        Page::Status => json(status(proxy)),
+        Page::Metrics => Rendered {
+            content_type: "text/plain; version=0.0.4",
+            body: metrics(proxy),
+        },
+    }
+}
+
+fn key_state(snapshot: &KeySnapshot) -> (&'static str, Option<Instant>) {
+    let whole = snapshot.benches.iter().filter(|b| b.model.is_none());
+    let rejected = whole
+        .clone()
+        .filter(|b| matches!(b.reason, BenchReason::Rejected(_)))
+        .map(|b| b.until)
+        .max();
+    if rejected.is_some() {
+        return ("benched_invalid", rejected);
+    }
+    match whole.map(|b| b.until).max() {
+        Some(until) => ("cooling", Some(until)),
+        None => ("ready", None),
+    }
+}
+
+fn wall_time(until: Instant, now: Instant, wall_now: SystemTime) -> String {
+    format_rfc3339(wall_now + until.saturating_duration_since(now))
+}
+
+fn status(proxy: &Proxy) -> String {
+    let now = Instant::now();
+    let wall_now = SystemTime::now();
+    let mut providers = Vec::new();
+    for provider in &proxy.providers {
+        let mut keys = Vec::new();
+        for snap in provider.pool.snapshot(now) {
+            let (state, until) = key_state(&snap);
+            let cooldowns: Vec<String> = snap
+                .benches
+                .iter()
+                .map(|b| {
+                    format!(
+                        r#"{{"model":{},"until":{},"reason":{}}}"#,
+                        b.model.as_deref().map_or("null".to_string(), quote),
+                        quote(&wall_time(b.until, now, wall_now)),
+                        quote(&b.reason.to_string())
+                    )
+                })
+                .collect();
+            let s = &snap.stats;
+            keys.push(format!(
+                r#"{{"key":{},"state":{},"until":{},"cooldowns":[{}],"requests":{},"successes":{},"rate_limited":{},"other_errors":{},"last_error":{}}}"#,
+                quote(&snap.mask),
+                quote(state),
+                until.map_or("null".to_string(), |u| quote(&wall_time(u, now, wall_now))),
+                cooldowns.join(","),
+                s.requests,
+                s.successes,
+                s.rate_limited,
+                s.other_errors,
+                s.last_error.map_or("null".to_string(), |c| quote(c.label()))
+            ));
+        }
+        providers.push(format!(
+            r#"{{"name":{},"base_url":{},"keys":[{}]}}"#,
+            quote(&provider.name),
+            quote(&provider.base_url),
+            keys.join(",")
+        ));
+    }
+    format!(
+        r#"{{"status":"ok","version":{},"uptime_secs":{},"in_flight":{},"workers_busy":{},"providers":[{}]}}"#,
+        quote(env!("CARGO_PKG_VERSION")),
+        proxy.started.elapsed().as_secs(),
+        proxy.registry.in_flight(),
+        proxy.metrics.workers_busy(),
+        providers.join(",")
+    )
+}
+
+fn metrics(proxy: &Proxy) -> String {
+    let mut out = String::with_capacity(4096);
+    let (requests, durations) = proxy.metrics.snapshot();
+    let _ = writeln!(
+        out,
+        "# HELP keyrelay_requests_total Requests answered, by provider, route and status class."
+    );
+    let _ = writeln!(out, "# TYPE keyrelay_requests_total counter");
+    let mut rows: Vec<_> = requests.into_iter().collect();
+    rows.sort();
+    for ((provider, route, class), count) in rows {
+        let _ = writeln!(
+            out,
+            "keyrelay_requests_total{{provider={},route={},status={}}} {count}",
+            label(&provider),
+            label(&route),
+            label(&class)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP keyrelay_upstream_attempts_total Upstream attempts, by provider, key (masked) and outcome."
+    );
+    let _ = writeln!(out, "# TYPE keyrelay_upstream_attempts_total counter");
+    let mut key_rows = String::new();
+    let now = Instant::now();
+    for provider in &proxy.providers {
+        let (mut ready, mut cooling, mut benched) = (0, 0, 0);
+        for snap in provider.pool.snapshot(now) {
+            match key_state(&snap).0 {
+                "ready" => ready += 1,
+                "cooling" => cooling += 1,
+                _ => benched += 1,
+            }
+            for class in AttemptClass::ALL {
+                let _ = writeln!(
+                    out,
+                    "keyrelay_upstream_attempts_total{{provider={},key={},outcome={}}} {}",
+                    label(&provider.name),
+                    label(&snap.mask),
+                    label(class.label()),
+                    snap.stats.by_class[class as usize]
+                );
+            }
+        }
+        for (state, count) in [("ready", ready), ("cooling", cooling), ("benched", benched)] {
+            let _ = writeln!(
+                key_rows,
+                "keyrelay_keys{{provider={},state={}}} {count}",
+                label(&provider.name),
+                label(state)
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP keyrelay_keys Keys by state.");
+    let _ = writeln!(out, "# TYPE keyrelay_keys gauge");
+    out.push_str(&key_rows);
+    let _ = writeln!(
+        out,
+        "# HELP keyrelay_request_duration_seconds Time from request to the end of its answer."
+    );
+    let _ = writeln!(out, "# TYPE keyrelay_request_duration_seconds histogram");
+    let mut histograms: Vec<_> = durations.into_iter().collect();
+    histograms.sort_by(|a, b| a.0.cmp(&b.0));
+    for (provider, h) in histograms {
+        let mut cumulative = 0;
+        for (index, bound) in DURATION_BUCKETS.iter().enumerate() {
+            cumulative += h.buckets[index];
+            let _ = writeln!(
+                out,
+                "keyrelay_request_duration_seconds_bucket{{provider={},le=\"{bound}\"}} {cumulative}",
+                label(&provider)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "keyrelay_request_duration_seconds_bucket{{provider={},le=\"+Inf\"}} {}",
+            label(&provider),
+            h.count
+        );
+        let _ = writeln!(
+            out,
+            "keyrelay_request_duration_seconds_sum{{provider={}}} {}",
+            label(&provider),
+            h.sum
+        );
+        let _ = writeln!(
+            out,
+            "keyrelay_request_duration_seconds_count{{provider={}}} {}",
+            label(&provider),
+            h.count
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP keyrelay_in_flight_requests Requests received and not yet fully answered."
+    );
+    let _ = writeln!(out, "# TYPE keyrelay_in_flight_requests gauge");
+    let _ = writeln!(
+        out,
+        "keyrelay_in_flight_requests {}",
+        proxy.registry.in_flight()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP keyrelay_workers_busy Worker threads handling a request."
+    );
+    let _ = writeln!(out, "# TYPE keyrelay_workers_busy gauge");
+    let _ = writeln!(
+        out,
+        "keyrelay_workers_busy {}",
+        proxy.metrics.workers_busy()
+    );
+    out
+}
+
+/// A Prometheus label value, quoted and escaped.
+fn label(value: &str) -> String {
+    let escaped = value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
+    format!("\"{escaped}\"")
+}

@@ -1,0 +1,182 @@
+//! Counters for /metrics: requests by provider, route and status class, and request durations.
+//! Per-key attempt counters live in the key pools; gauges are read at scrape time.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the request duration histogram buckets.
+pub const DURATION_BUCKETS: [f64; 13] = [
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Distinct route labels kept; later routes count as `other`, so odd paths cannot bloat the
+/// metrics without bound.
+const MAX_ROUTES: usize = 200;
+
+/// A duration histogram.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    /// Count per bucket (not cumulative), plus one for +Inf.
+    pub buckets: [u64; DURATION_BUCKETS.len() + 1],
+    /// Sum of all observations in seconds.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        let index = DURATION_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.buckets[index] += 1;
+        self.sum += seconds;
+        self.count += 1;
+    }
+}
+
+/// Request counters keyed by (provider, route, status class such as `2xx`).
+pub type RequestCounts = HashMap<(String, String, String), u64>;
+
+#[derive(Default)]
+struct State {
+    requests: RequestCounts,
+    durations: HashMap<String, Histogram>,
+}
+
+/// Process-wide request metrics.
+#[derive(Default)]
+pub struct Metrics {
+    state: Mutex<State>,
+    workers_busy: AtomicUsize,
+}
+
+impl Metrics {
+    /// Records one finished request.
+    pub fn record(&self, provider: &str, route: &str, status: u16, elapsed: Duration) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let class = format!("{}xx", status / 100);
+        let known = state.requests.len() < MAX_ROUTES
+            || state.requests.contains_key(&(
+                provider.to_string(),
+                route.to_string(),
+                class.clone(),
+            ));
+        let route = if known { route } else { "other" };
+        *state
+            .requests
+            .entry((provider.to_string(), route.to_string(), class))
+            .or_default() += 1;
+        state
+            .durations
+            .entry(provider.to_string())
+            .or_default()
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Marks a worker busy until the returned guard drops.
+    pub fn worker_busy(&self) -> BusyWorker<'_> {
+        self.workers_busy.fetch_add(1, Ordering::Relaxed);
+        BusyWorker(&self.workers_busy)
+    }
+
+    /// Workers handling a request now.
+    pub fn workers_busy(&self) -> usize {
+        self.workers_busy.load(Ordering::Relaxed)
+    }
+
+    /// A copy of the counters.
+    pub fn snapshot(&self) -> (RequestCounts, HashMap<String, Histogram>) {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        (state.requests.clone(), state.durations.clone())
+    }
+}
+
+/// Keeps the busy-worker gauge up while alive.
+pub struct BusyWorker<'a>(&'a AtomicUsize);
+
+impl Drop for BusyWorker<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The route label for a path below a provider prefix: up to three segments, without the
+/// query (`v1/chat/completions`, `v1beta/models/gemini-2.0-flash:generateContent`).
+pub fn route_label(rest: &str) -> String {
+    let path = rest.split('?').next().unwrap_or("");
+    let label: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).take(3).collect();
+    label.join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_and_buckets() {
+        let metrics = Metrics::default();
+        metrics.record(
+            "openai",
+            "v1/chat/completions",
+            200,
+            Duration::from_millis(30),
+        );
+        metrics.record(
+            "openai",
+            "v1/chat/completions",
+            429,
+            Duration::from_secs(400),
+        );
+        let (requests, durations) = metrics.snapshot();
+        let key = |class: &str| {
+            (
+                "openai".to_string(),
+                "v1/chat/completions".to_string(),
+                class.to_string(),
+            )
+        };
+        assert_eq!(requests[&key("2xx")], 1);
+        assert_eq!(requests[&key("4xx")], 1);
+        let h = &durations["openai"];
+        assert_eq!(h.count, 2);
+        assert_eq!(h.buckets[1], 1, "30 ms lands in the 0.05 s bucket");
+        assert_eq!(h.buckets[DURATION_BUCKETS.len()], 1, "400 s lands in +Inf");
+    }
+
+    #[test]
+    fn routes_are_bounded() {
+        let metrics = Metrics::default();
+        for i in 0..(MAX_ROUTES + 50) {
+            metrics.record("openai", &format!("r{i}"), 200, Duration::ZERO);
+        }
+        let (requests, _) = metrics.snapshot();
+        assert!(requests.len() <= MAX_ROUTES + 1);
+        assert!(requests.keys().any(|(_, route, _)| route == "other"));
+    }
+
+    #[test]
+    fn route_labels() {
+        assert_eq!(
+            route_label("v1/chat/completions?x=1"),
+            "v1/chat/completions"
+        );
+        assert_eq!(
+            route_label("v1beta/models/g:generateContent/extra"),
+            "v1beta/models/g:generateContent"
+        );
+        assert_eq!(route_label(""), "");
+    }
+
+    #[test]
+    fn busy_gauge() {
+        let metrics = Metrics::default();
+        let busy = metrics.worker_busy();
+        assert_eq!(metrics.workers_busy(), 1);
+        drop(busy);
+        assert_eq!(metrics.workers_busy(), 0);
+    }
+}
