@@ -6,6 +6,7 @@ mod support;
 mod config;
 mod keys;
 mod logging;
+mod nginx;
 mod relay;
 mod rotation;
 mod routing;
