@@ -5,9 +5,11 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::admin::Page;
+use crate::catalog::{ALWAYS, known};
 use crate::env_file::{EnvFileError, parse_env_file};
 use crate::keys::ApiKey;
-use crate::provider::{AuthStyle, ErrorShape};
+use crate::provider::{AuthStyle, ErrorShape, env_prefix};
 
 /// One documented setting: its variable, default and meaning. `--help` and the README table are
 /// written from this list, so they cannot drift apart.
@@ -138,6 +140,8 @@ pub struct Config {
     pub upstream_timeout: Duration,
     /// Default 429 cooldown.
     pub cooldown: Duration,
+    /// Longest a request waits for a cooling key instead of getting 429.
+    pub wait_for_key: Duration,
     /// Idle / stall / write timeout for client connections.
     pub client_idle_timeout: Duration,
     /// Longest wait for in-flight requests on shutdown.
@@ -158,7 +162,7 @@ pub enum ConfigError {
     /// A variable has a value that cannot be used.
     Invalid {
         /// The variable.
-        var: &'static str,
+        var: String,
         /// What was wrong and what is expected.
         reason: String,
     },
@@ -174,7 +178,8 @@ impl fmt::Display for ConfigError {
             ConfigError::Invalid { var, reason } => write!(f, "{var}: {reason}"),
             ConfigError::NoKeys => f.write_str(
                 "no API keys configured: set OPENAI_API_KEYS and/or GEMINI_API_KEYS \
-                 (comma-separated) in the environment or in a .env file",
+                 (comma-separated; or <NAME>_API_KEYS for a provider in PROVIDERS) in the \
+                 environment or in a .env file",
             ),
             ConfigError::EnvFile(err) => write!(f, ".env {err}"),
         }
@@ -212,54 +217,13 @@ impl Config {
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
         };
-        let shared_base = get("BASE_URL")
-            .map(|v| parse_base_url("BASE_URL", &v))
-            .transpose()?;
-        let provider = |name: &str,
-                        keys_var: &'static str,
-                        base_var: &'static str,
-                        default_base: &str,
-                        auth: AuthStyle,
-                        shape: ErrorShape|
-         -> Result<ProviderConfig, ConfigError> {
-            let base_url = match get(base_var) {
-                Some(v) => parse_base_url(base_var, &v)?,
-                None => shared_base
-                    .clone()
-                    .unwrap_or_else(|| default_base.to_string()),
-            };
-            Ok(ProviderConfig {
-                name: name.to_string(),
-                base_url,
-                keys: parse_keys(get(keys_var).as_deref().unwrap_or("")),
-                auth,
-                shape,
-            })
-        };
-        let providers = vec![
-            provider(
-                "openai",
-                "OPENAI_API_KEYS",
-                "OPENAI_BASE_URL",
-                "https://api.openai.com",
-                AuthStyle::Bearer,
-                ErrorShape::OpenAi,
-            )?,
-            provider(
-                "gemini",
-                "GEMINI_API_KEYS",
-                "GEMINI_BASE_URL",
-                "https://generativelanguage.googleapis.com",
-                AuthStyle::Header("x-goog-api-key".to_string()),
-                ErrorShape::Gemini,
-            )?,
-        ];
+        let providers = parse_providers(&get)?;
         if providers.iter().all(|p| p.keys.is_empty()) {
             return Err(ConfigError::NoKeys);
         }
         let host = match get("HOST") {
             Some(v) => v.parse().map_err(|_| ConfigError::Invalid {
-                var: "HOST",
+                var: "HOST".to_string(),
                 reason: format!("{v:?} is not an IP address (use 127.0.0.1, 0.0.0.0 or ::1)"),
             })?,
             None => IpAddr::from([127, 0, 0, 1]),
@@ -271,7 +235,7 @@ impl Config {
         )?;
         if !host.is_loopback() && proxy_tokens.is_empty() && !allow_open {
             return Err(ConfigError::Invalid {
-                var: "PROXY_API_KEYS",
+                var: "PROXY_API_KEYS".to_string(),
                 reason: format!(
                     "HOST={host} is reachable from other machines and no client token is set, so anyone \
                      could spend your API keys. Either set PROXY_API_KEYS=token1,token2 (clients send one \
@@ -290,6 +254,7 @@ impl Config {
             connect_timeout: secs(&get, "CONNECT_TIMEOUT_SECS", 10)?,
             upstream_timeout: secs(&get, "UPSTREAM_TIMEOUT_SECS", 300)?,
             cooldown: secs(&get, "COOLDOWN_SECS", 60)?,
+            wait_for_key: Duration::from_secs(number(&get, "WAIT_FOR_KEY_SECS", 0, 0, 3600)?),
             client_idle_timeout: secs(&get, "CLIENT_IDLE_TIMEOUT_SECS", 60)?,
             shutdown_grace: secs(&get, "SHUTDOWN_GRACE_SECS", 30)?,
             log_level: parse_log_level(get("LOG_LEVEL").as_deref())?,
@@ -301,6 +266,96 @@ impl Config {
     pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
         self.providers.iter().find(|p| p.name == name)
     }
+}
+
+/// Reads the provider table: the built-in openai and gemini, plus every name in PROVIDERS, each
+/// from its `<NAME>_API_KEYS`, `<NAME>_BASE_URL` and `<NAME>_AUTH`.
+fn parse_providers(
+    get: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<ProviderConfig>, ConfigError> {
+    let shared_base = get("BASE_URL")
+        .map(|v| parse_base_url("BASE_URL", &v))
+        .transpose()?;
+    let mut names: Vec<String> = ALWAYS.iter().map(|n| n.to_string()).collect();
+    for name in get("PROVIDERS")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+    {
+        if name.is_empty() || names.iter().any(|n| n == name) {
+            continue;
+        }
+        let valid = name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid || Page::at(&format!("/{name}")).is_some() || name == "healthz" {
+            return Err(ConfigError::Invalid {
+                var: "PROVIDERS".to_string(),
+                reason: format!(
+                    "{name:?} is not a usable provider name (lowercase letters, digits and -; not health, status or metrics)"
+                ),
+            });
+        }
+        names.push(name.to_string());
+    }
+    let mut providers = Vec::with_capacity(names.len());
+    for name in names {
+        let prefix = env_prefix(&name);
+        let known = known(&name);
+        let base_var = format!("{prefix}_BASE_URL");
+        let shared = if ALWAYS.contains(&name.as_str()) {
+            shared_base.clone()
+        } else {
+            None
+        };
+        let base_url = match get(&base_var) {
+            Some(v) => parse_base_url(&base_var, &v)?,
+            None => shared
+                .or_else(|| known.map(|k| k.base_url.to_string()))
+                .ok_or_else(|| ConfigError::Invalid {
+                    var: base_var.clone(),
+                    reason: format!(
+                        "provider {name:?} is not built in, so its upstream URL must be set"
+                    ),
+                })?,
+        };
+        let auth_var = format!("{prefix}_AUTH");
+        let auth = match get(&auth_var) {
+            Some(v) => parse_auth(&auth_var, &v)?,
+            None => known.map_or(AuthStyle::Bearer, |k| k.auth.style()),
+        };
+        providers.push(ProviderConfig {
+            keys: parse_keys(get(&format!("{prefix}_API_KEYS")).as_deref().unwrap_or("")),
+            base_url,
+            auth,
+            shape: known.map_or(ErrorShape::OpenAi, |k| k.shape),
+            name,
+        });
+    }
+    Ok(providers)
+}
+
+/// `bearer`, `header:<name>` or `query:<param>`.
+pub fn parse_auth(var: &str, value: &str) -> Result<AuthStyle, ConfigError> {
+    let token_ok = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    let lower = value.to_ascii_lowercase();
+    let style = match lower.split_once(':') {
+        None if lower == "bearer" => Some(AuthStyle::Bearer),
+        Some(("header", name)) if token_ok(name) => Some(AuthStyle::Header(name.to_string())),
+        Some(("query", _)) => {
+            let param = &value["query:".len()..];
+            token_ok(param).then(|| AuthStyle::Query(param.to_string()))
+        }
+        _ => None,
+    };
+    style.ok_or_else(|| ConfigError::Invalid {
+        var: var.to_string(),
+        reason: format!("{value:?} is not bearer, header:<header-name> or query:<param>"),
+    })
 }
 
 /// Splits a comma-separated key list: spaces trimmed, empties and duplicates dropped.
@@ -315,9 +370,9 @@ pub fn parse_keys(list: &str) -> Vec<ApiKey> {
     keys
 }
 
-fn parse_base_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
+fn parse_base_url(var: &str, value: &str) -> Result<String, ConfigError> {
     let invalid = |reason: &str| ConfigError::Invalid {
-        var,
+        var: var.to_string(),
         reason: format!("{value:?} {reason}"),
     };
     let rest = value
@@ -336,7 +391,7 @@ fn parse_base_url(var: &'static str, value: &str) -> Result<String, ConfigError>
 
 fn number(
     get: &dyn Fn(&str) -> Option<String>,
-    var: &'static str,
+    var: &str,
     default: u64,
     min: u64,
     max: u64,
@@ -347,7 +402,7 @@ fn number(
     match text.parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(ConfigError::Invalid {
-            var,
+            var: var.to_string(),
             reason: format!("{text:?} is not a whole number from {min} to {max}"),
         }),
     }
@@ -355,18 +410,18 @@ fn number(
 
 fn secs(
     get: &dyn Fn(&str) -> Option<String>,
-    var: &'static str,
+    var: &str,
     default: u64,
 ) -> Result<Duration, ConfigError> {
     number(get, var, default, 1, 7 * 24 * 3600).map(Duration::from_secs)
 }
 
-fn parse_bool(var: &'static str, value: Option<&str>) -> Result<bool, ConfigError> {
+fn parse_bool(var: &str, value: Option<&str>) -> Result<bool, ConfigError> {
     match value.map(str::to_ascii_lowercase).as_deref() {
         None | Some("false" | "0" | "no" | "off") => Ok(false),
         Some("true" | "1" | "yes" | "on") => Ok(true),
         Some(other) => Err(ConfigError::Invalid {
-            var,
+            var: var.to_string(),
             reason: format!("{other:?} is not true or false"),
         }),
     }
@@ -379,7 +434,7 @@ fn parse_log_level(value: Option<&str>) -> Result<LogLevel, ConfigError> {
         Some("warn") | Some("warning") => Ok(LogLevel::Warn),
         Some("debug") | Some("trace") => Ok(LogLevel::Debug),
         Some(other) => Err(ConfigError::Invalid {
-            var: "LOG_LEVEL",
+            var: "LOG_LEVEL".to_string(),
             reason: format!("{other:?} is not one of error, warn, info, debug"),
         }),
     }
@@ -419,6 +474,74 @@ mod tests {
         assert!(config(&[base[0], base[1], ("PROXY_API_KEYS", "t1")]).is_ok());
         assert!(config(&[base[0], base[1], ("ALLOW_UNAUTHENTICATED", "true")]).is_ok());
         assert!(config(&[base[0], ("HOST", "::1")]).is_ok());
+    }
+
+    #[test]
+    fn named_providers() {
+        let c = config(&[
+            ("PROVIDERS", "anthropic, groq,my-llm,anthropic"),
+            ("ANTHROPIC_API_KEYS", "sk-ant-1"),
+            ("MY_LLM_BASE_URL", "http://127.0.0.1:9/v2"),
+            ("MY_LLM_AUTH", "query:api_key"),
+            ("GROQ_AUTH", "header:X-Key"),
+            ("BASE_URL", "http://shared:1"),
+        ])
+        .unwrap();
+        let names: Vec<&str> = c.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            vec!["openai", "gemini", "anthropic", "groq", "my-llm"]
+        );
+        let anthropic = c.provider("anthropic").unwrap();
+        assert_eq!(
+            anthropic.base_url, "https://api.anthropic.com",
+            "BASE_URL is only for openai and gemini"
+        );
+        assert_eq!(anthropic.auth, AuthStyle::Header("x-api-key".into()));
+        assert_eq!(anthropic.shape, ErrorShape::Anthropic);
+        assert_eq!(
+            c.provider("groq").unwrap().auth,
+            AuthStyle::Header("x-key".into())
+        );
+        assert_eq!(
+            c.provider("groq").unwrap().base_url,
+            "https://api.groq.com/openai"
+        );
+        let mine = c.provider("my-llm").unwrap();
+        assert_eq!(mine.auth, AuthStyle::Query("api_key".into()));
+        assert_eq!(mine.shape, ErrorShape::OpenAi);
+    }
+
+    #[test]
+    fn named_provider_errors() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("OPENAI_API_KEYS", "a"), ("PROVIDERS", "mystery")],
+                "MYSTERY_BASE_URL",
+            ),
+            (
+                &[("OPENAI_API_KEYS", "a"), ("PROVIDERS", "Bad_Name")],
+                "PROVIDERS",
+            ),
+            (
+                &[("OPENAI_API_KEYS", "a"), ("PROVIDERS", "status")],
+                "PROVIDERS",
+            ),
+            (
+                &[
+                    ("OPENAI_API_KEYS", "a"),
+                    ("PROVIDERS", "groq"),
+                    ("GROQ_AUTH", "basic"),
+                ],
+                "GROQ_AUTH",
+            ),
+            (&[("PROVIDERS", "groq")], "GEMINI_API_KEYS"),
+        ];
+        for (vars, name) in cases {
+            let err = config(vars).unwrap_err().to_string();
+            assert!(err.contains(name), "{vars:?}: {err}");
+        }
+        assert!(config(&[("PROVIDERS", "groq"), ("GROQ_API_KEYS", "g")]).is_ok());
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod acceptor;
 pub mod access;
 pub mod admin;
 pub mod bridge;
+pub mod catalog;
 pub mod chunked;
 pub mod cli;
 pub mod client_conn;

@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::json;
-use crate::utc::parse_http_date;
+use crate::utc::{next_pacific_midnight, parse_http_date};
 
 /// What to do with one upstream answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +34,8 @@ pub fn verdict(status: u16) -> Verdict {
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(48 * 3600);
 
 /// How long a 429 benches the key: `Retry-After` (seconds or HTTP date), else Gemini's
-/// `RetryInfo.retryDelay` in the error body, else `default`.
+/// `RetryInfo.retryDelay` in the error body, else until the next midnight US Pacific time for a
+/// Gemini per-day quota, else `default`.
 pub fn rate_limit_cooldown(
     retry_after: Option<&str>,
     body: &[u8],
@@ -44,8 +45,23 @@ pub fn rate_limit_cooldown(
     retry_after
         .and_then(|value| parse_retry_after(value, now))
         .or_else(|| gemini_retry_delay(body))
+        .or_else(|| {
+            is_daily_quota(body).then(|| {
+                next_pacific_midnight(now)
+                    .duration_since(now)
+                    .unwrap_or(Duration::ZERO)
+            })
+        })
         .unwrap_or(default)
         .min(MAX_COOLDOWN)
+}
+
+/// Whether a Gemini 429 is about a per-day quota (a `QuotaFailure` violation whose `quotaId`
+/// contains `PerDay`), which only resets at midnight Pacific time.
+pub fn is_daily_quota(body: &[u8]) -> bool {
+    json::string_fields(body, "quotaId")
+        .iter()
+        .any(|id| id.contains("PerDay"))
 }
 
 /// Parses `Retry-After`: delay seconds (fractions accepted) or an IMF-fixdate.
@@ -106,6 +122,27 @@ mod tests {
             let got = parse_retry_after(value, now).map(|d| d.as_secs_f64());
             assert_eq!(got, expected, "{value}");
         }
+    }
+
+    #[test]
+    fn gemini_daily_quota_waits_for_pacific_midnight() {
+        let daily = br#"{"error":{"code":429,"details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaMetric":"generativelanguage.googleapis.com/generate_content_free_tier_requests","quotaId":"GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]}]}}"#;
+        let per_minute =
+            br#"{"error":{"details":[{"quotaId":"GenerateRequestsPerMinutePerProjectPerModel"}]}}"#;
+        // Tue, 24 Nov 2026 22:00:00 GMT = 14:00 PST: ten hours to midnight.
+        let now = UNIX_EPOCH + Duration::from_secs(1_795_557_600);
+        let default = Duration::from_secs(60);
+        assert!(is_daily_quota(daily) && !is_daily_quota(per_minute));
+        assert_eq!(
+            rate_limit_cooldown(None, daily, now, default),
+            Duration::from_secs(10 * 3600)
+        );
+        assert_eq!(rate_limit_cooldown(None, per_minute, now, default), default);
+        let with_retry_info = [&daily[..daily.len() - 3], br#",{"retryDelay":"20s"}]}}"#].concat();
+        assert_eq!(
+            rate_limit_cooldown(None, &with_retry_info, now, default),
+            Duration::from_secs(20)
+        );
     }
 
     #[test]

@@ -67,6 +67,38 @@ pub fn format_rfc3339(time: SystemTime) -> String {
     )
 }
 
+/// US Pacific time's offset from UTC in seconds at `time`: -7 h from the second Sunday of March
+/// 02:00 PST to the first Sunday of November 02:00 PDT, -8 h otherwise.
+pub fn pacific_offset_secs(time: SystemTime) -> i64 {
+    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (year, _, _) = civil_from_days(secs / 86_400);
+    let sunday_on_or_after = |month, day| {
+        let days = days_from_civil(year, month, day).unwrap_or(0);
+        days + (7 - (days + 4) % 7) % 7
+    };
+    let dst_start = sunday_on_or_after(3, 8) * 86_400 + 10 * 3600;
+    let dst_end = sunday_on_or_after(11, 1) * 86_400 + 9 * 3600;
+    if (dst_start..dst_end).contains(&secs) {
+        -7 * 3600
+    } else {
+        -8 * 3600
+    }
+}
+
+/// The next midnight in US Pacific time after `now` (when Google's per-day quotas reset).
+pub fn next_pacific_midnight(now: SystemTime) -> SystemTime {
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let offset = pacific_offset_secs(now);
+    let local = secs + offset;
+    let next_local_midnight = (local.div_euclid(86_400) + 1) * 86_400;
+    // Midnight is never inside a daylight-saving jump (they happen at 02:00), so the offset in
+    // force at that midnight is the one just before it.
+    let guess = next_local_midnight - offset;
+    let at = UNIX_EPOCH + Duration::from_secs((guess - 1).max(0) as u64);
+    let exact = next_local_midnight - pacific_offset_secs(at);
+    UNIX_EPOCH + Duration::from_secs(exact.max(0) as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +108,32 @@ mod tests {
         assert_eq!(days_from_civil(1970, 1, 1), Some(0));
         assert_eq!(days_from_civil(2000, 3, 1), Some(11_017));
         assert_eq!(days_from_civil(2026, 11, 24), Some(20_781));
+    }
+
+    #[test]
+    fn pacific_midnights() {
+        let at = |text: &str| parse_http_date(text).unwrap();
+        let cases = [
+            // Winter (PST, UTC-8): local midnight is 08:00 UTC.
+            ("Tue, 24 Nov 2026 22:57:19 GMT", "2026-11-25T08:00:00Z"),
+            ("Tue, 24 Nov 2026 07:59:59 GMT", "2026-11-24T08:00:00Z"),
+            ("Tue, 24 Nov 2026 08:00:00 GMT", "2026-11-25T08:00:00Z"),
+            // Summer (PDT, UTC-7): 07:00 UTC.
+            ("Wed, 15 Jul 2026 12:00:00 GMT", "2026-07-16T07:00:00Z"),
+            // The day DST starts (Sun 8 Mar 2026): midnight before the jump is still PST.
+            ("Sat, 07 Mar 2026 20:00:00 GMT", "2026-03-08T08:00:00Z"),
+            ("Sun, 08 Mar 2026 12:00:00 GMT", "2026-03-09T07:00:00Z"),
+            // The day DST ends (Sun 1 Nov 2026): midnight before it is still PDT.
+            ("Sat, 31 Oct 2026 20:00:00 GMT", "2026-11-01T07:00:00Z"),
+            ("Sun, 01 Nov 2026 12:00:00 GMT", "2026-11-02T08:00:00Z"),
+        ];
+        for (now, expected) in cases {
+            assert_eq!(
+                format_rfc3339(next_pacific_midnight(at(now))),
+                expected,
+                "{now}"
+            );
+        }
     }
 
     #[test]
