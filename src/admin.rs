@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime};
 use crate::json::quote;
 use crate::keys::{AttemptClass, BenchReason, KeySnapshot};
 use crate::metrics::DURATION_BUCKETS;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, routes};
 use crate::utc::format_rfc3339;
 
 /// A page keyrelay serves itself.
@@ -59,8 +59,7 @@ pub fn render(proxy: &Proxy, page: Page) -> Rendered {
         Page::Index => json(format!(
             r#"{{"name":"keyrelay","version":{},"routes":[{}],"docs":"point your SDK's base URL at a route, e.g. http://HOST:PORT/openai/v1"}}"#,
             quote(env!("CARGO_PKG_VERSION")),
-            proxy
-                .routes()
+            routes(&proxy.providers())
                 .iter()
                 .map(|r| quote(r))
                 .collect::<Vec<_>>()
@@ -99,7 +98,7 @@ fn status(proxy: &Proxy) -> String {
     let now = Instant::now();
     let wall_now = SystemTime::now();
     let mut providers = Vec::new();
-    for provider in &proxy.providers {
+    for provider in proxy.providers().iter() {
         let mut keys = Vec::new();
         for snap in provider.pool.snapshot(now) {
             let (state, until) = key_state(&snap);
@@ -172,7 +171,7 @@ fn metrics(proxy: &Proxy) -> String {
     let _ = writeln!(out, "# TYPE keyrelay_upstream_attempts_total counter");
     let mut key_rows = String::new();
     let now = Instant::now();
-    for provider in &proxy.providers {
+    for provider in proxy.providers().iter() {
         let (mut ready, mut cooling, mut benched) = (0, 0, 0);
         for snap in provider.pool.snapshot(now) {
             match key_state(&snap).0 {

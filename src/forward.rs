@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
+use std::thread;
 use std::time::{Instant, SystemTime};
 
 use log::{debug, info, warn};
@@ -19,10 +20,8 @@ use crate::error::ProxyError;
 use crate::headers::{connection_tokens, forward_request_header, is_hop_by_hop};
 use crate::keys::{AttemptClass, BenchReason};
 use crate::outcome::{Verdict, rate_limit_cooldown, verdict};
-use crate::provider::{
-    AuthStyle, CLIENT_CREDENTIAL_PARAM, ErrorShape, Provider, strip_query_param,
-};
-use crate::proxy::Proxy;
+use crate::provider::{AuthStyle, ErrorShape, Provider};
+use crate::proxy::{Proxy, routes};
 use crate::stream::{Framing, RelayBuffer, RelayError, reason_phrase, relay_body};
 use crate::upstream::{self, CallFailure};
 
@@ -140,7 +139,8 @@ pub fn handle(
     #[cfg(debug_assertions)]
     test_hooks::maybe_panic(path);
     let client = client_info(proxy, &incoming);
-    let answer = decide(proxy, &incoming, path, query, &client.id);
+    let providers = proxy.providers();
+    let answer = decide(proxy, &providers, &incoming, path, query, &client.id);
     *started = true;
     let mut out = &conn.tcp;
     let report = deliver(&mut out, &client, answer, buffer);
@@ -148,10 +148,10 @@ pub fn handle(
         let _ = conn.tcp.shutdown(Shutdown::Both);
     }
     let (name, rest) = split_route(path);
-    let provider_label = if proxy.provider(name).is_some() {
-        name
-    } else {
-        "none"
+    let provider_label = match (providers.iter().any(|p| p.name == name), Page::at(path)) {
+        (true, _) => name,
+        (false, Some(_)) => "keyrelay",
+        (false, None) => "none",
     };
     proxy.metrics.record(
         provider_label,
@@ -203,7 +203,14 @@ mod test_hooks {
     }
 }
 
-fn decide(proxy: &Proxy, incoming: &Incoming, path: &str, query: &str, request_id: &str) -> Answer {
+fn decide(
+    proxy: &Proxy,
+    providers: &[Provider],
+    incoming: &Incoming,
+    path: &str,
+    query: &str,
+    request_id: &str,
+) -> Answer {
     let local = |error, shape| Answer::Error {
         error,
         shape,
@@ -222,8 +229,8 @@ fn decide(proxy: &Proxy, incoming: &Incoming, path: &str, query: &str, request_i
         return Answer::Page(admin::render(proxy, page));
     }
     let (name, rest) = split_route(path);
-    let Some(provider) = proxy.provider(name) else {
-        let routes = proxy.routes();
+    let Some(provider) = providers.iter().find(|p| p.name == name) else {
+        let routes = routes(providers);
         return local(ProxyError::NotFound { routes }, ErrorShape::OpenAi);
     };
     let shape = provider.shape;
@@ -238,9 +245,10 @@ fn decide(proxy: &Proxy, incoming: &Incoming, path: &str, query: &str, request_i
         Ok(body) => body,
         Err(error) => return local(error.clone(), shape),
     };
-    let query = strip_query_param(query, CLIENT_CREDENTIAL_PARAM);
+    let query = provider.strip_credentials(query);
+    let model = provider.model_of(rest, body);
     match UpstreamRequest::new(incoming, provider, rest, &query, request_id) {
-        Some(upstream) => attempt(proxy, provider, &upstream, body),
+        Some(upstream) => attempt(proxy, provider, &upstream, body, model.as_deref()),
         None => local(ProxyError::BadRequest, shape),
     }
 }
@@ -301,7 +309,7 @@ impl UpstreamRequest {
         let tokens = connection_tokens(incoming.header("connection"));
         let mut headers = HeaderMap::with_capacity(incoming.headers.len() + 2);
         for (name, value) in &incoming.headers {
-            if !forward_request_header(name, &tokens) {
+            if !forward_request_header(name, &tokens) || provider.is_credential_header(name) {
                 continue;
             }
             let (Ok(name), Ok(value)) = (
@@ -367,27 +375,85 @@ enum LastFailure {
     /// The upstream could not be reached.
     Unreachable,
     /// A 401/403/5xx answer, kept to relay.
-    Answer(SavedAnswer, String),
+    Answer(Box<SavedAnswer>, String),
 }
 
-/// Tries the keys from this request's ticket on, each at most once, skipping benched ones.
-fn attempt(proxy: &Proxy, provider: &Provider, upstream: &UpstreamRequest, body: &[u8]) -> Answer {
+/// Tries the keys, and when every key is cooling and one frees within WAIT_FOR_KEY_SECS, waits
+/// for it and tries again.
+fn attempt(
+    proxy: &Proxy,
+    provider: &Provider,
+    upstream: &UpstreamRequest,
+    body: &[u8],
+    model: Option<&str>,
+) -> Answer {
     let pool = &provider.pool;
-    let model: Option<&str> = None;
+    let deadline = Instant::now() + proxy.limits.wait_for_key;
     let mut attempts = 0;
+    loop {
+        let last = match try_round(proxy, provider, upstream, body, model, &mut attempts) {
+            Ok(answer) => return answer,
+            Err(last) => last,
+        };
+        let error = match last {
+            LastFailure::Answer(answer, key) => {
+                return Answer::Saved {
+                    answer: *answer,
+                    attempts,
+                    key,
+                };
+            }
+            LastFailure::Unreachable => ProxyError::Unreachable {
+                host: provider.host.clone(),
+            },
+            LastFailure::RateLimited => {
+                let wait = pool.wait_for_any(model, Instant::now());
+                if !wait.is_zero() && Instant::now() + wait <= deadline {
+                    debug!(
+                        "{}: every key is cooling; holding the request {} ms for the first to free",
+                        provider.name,
+                        wait.as_millis()
+                    );
+                    thread::sleep(wait);
+                    continue;
+                }
+                ProxyError::Exhausted {
+                    retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+                }
+            }
+        };
+        return Answer::Error {
+            error,
+            shape: provider.shape,
+            attempts,
+        };
+    }
+}
+
+/// One pass over the keys from a fresh ticket, each at most once, skipping benched ones.
+/// `Ok` is the final answer (relay, or a timeout); `Err` says how the last failure went.
+fn try_round(
+    proxy: &Proxy,
+    provider: &Provider,
+    upstream: &UpstreamRequest,
+    body: &[u8],
+    model: Option<&str>,
+    attempts: &mut u32,
+) -> Result<Answer, LastFailure> {
+    let pool = &provider.pool;
     let mut last = LastFailure::RateLimited;
     for index in pool.attempt_order(pool.ticket()) {
         if !pool.is_ready(index, model, Instant::now()) {
             continue;
         }
-        attempts += 1;
+        *attempts += 1;
         let key = pool.key(index);
         let Some(uri) = upstream.uri(provider, key.secret()) else {
-            return Answer::Error {
+            return Ok(Answer::Error {
                 error: ProxyError::BadRequest,
                 shape: provider.shape,
-                attempts,
-            };
+                attempts: *attempts,
+            });
         };
         let headers = upstream.headers_with_key(provider, key.secret());
         let sent_body = upstream.has_body.then_some(body);
@@ -398,11 +464,11 @@ fn attempt(proxy: &Proxy, provider: &Provider, upstream: &UpstreamRequest, body:
                     pool.record(index, AttemptClass::Unreachable);
                     let host = provider.host.clone();
                     let secs = proxy.limits.upstream_timeout.as_secs();
-                    return Answer::Error {
+                    return Ok(Answer::Error {
                         error: ProxyError::Timeout { host, secs },
                         shape: provider.shape,
-                        attempts,
-                    };
+                        attempts: *attempts,
+                    });
                 }
                 Err(CallFailure::Unreachable(why)) => {
                     pool.record(index, AttemptClass::Unreachable);
@@ -415,11 +481,11 @@ fn attempt(proxy: &Proxy, provider: &Provider, upstream: &UpstreamRequest, body:
         match verdict(status) {
             Verdict::Relay => {
                 pool.record(index, AttemptClass::Success);
-                return Answer::Live {
+                return Ok(Answer::Live {
                     response,
-                    attempts,
+                    attempts: *attempts,
                     key: key.mask(),
-                };
+                });
             }
             Verdict::RateLimited => {
                 pool.record(index, AttemptClass::RateLimited);
@@ -437,10 +503,11 @@ fn attempt(proxy: &Proxy, provider: &Provider, upstream: &UpstreamRequest, body:
                 let reason = BenchReason::RateLimited;
                 pool.bench(index, model, Instant::now() + cooldown, reason);
                 warn!(
-                    "{} key={} benched for {}s: {reason}",
+                    "{} key={} benched for {}s{}: {reason}",
                     provider.name,
                     key,
-                    cooldown.as_secs_f64().ceil()
+                    cooldown.as_secs_f64().ceil(),
+                    model.map(|m| format!(" for model {m}")).unwrap_or_default()
                 );
                 last = LastFailure::RateLimited;
             }
@@ -454,7 +521,7 @@ fn attempt(proxy: &Proxy, provider: &Provider, upstream: &UpstreamRequest, body:
                     key,
                     REJECTED_KEY_BENCH.as_secs()
                 );
-                last = LastFailure::Answer(save(response), key.mask());
+                last = LastFailure::Answer(Box::new(save(response)), key.mask());
             }
             Verdict::ServerError => {
                 pool.record(index, AttemptClass::ServerError);
@@ -462,34 +529,11 @@ fn attempt(proxy: &Proxy, provider: &Provider, upstream: &UpstreamRequest, body:
                     "{} key={} upstream answered {status}, trying the next key",
                     provider.name, key
                 );
-                last = LastFailure::Answer(save(response), key.mask());
+                last = LastFailure::Answer(Box::new(save(response)), key.mask());
             }
         }
     }
-    match last {
-        LastFailure::Answer(answer, key) => Answer::Saved {
-            answer,
-            attempts,
-            key,
-        },
-        LastFailure::Unreachable => Answer::Error {
-            error: ProxyError::Unreachable {
-                host: provider.host.clone(),
-            },
-            shape: provider.shape,
-            attempts,
-        },
-        LastFailure::RateLimited => {
-            let wait = pool.wait_for_any(model, Instant::now());
-            Answer::Error {
-                error: ProxyError::Exhausted {
-                    retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
-                },
-                shape: provider.shape,
-                attempts,
-            }
-        }
-    }
+    Err(last)
 }
 
 fn read_error_body(response: &mut ureq::http::Response<ureq::Body>) -> Vec<u8> {

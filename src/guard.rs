@@ -16,7 +16,7 @@ use crate::error::ProxyError;
 use crate::headers::connection_tokens;
 use crate::http_head::{Head, parse_head};
 use crate::provider::ErrorShape;
-use crate::request_id::RequestIds;
+use crate::proxy::Proxy;
 
 /// How often a blocked read wakes to check idle time and shutdown.
 pub const TICK: Duration = Duration::from_millis(500);
@@ -52,18 +52,22 @@ pub struct GuardContext {
     pub idle_timeout: Duration,
     /// Set when the process is shutting down: idle connections close, requests get no successor.
     pub stopping: Arc<AtomicBool>,
-    /// Route prefixes (`/gemini/`) and the error shape of their provider.
-    pub shapes: Vec<(String, ErrorShape)>,
-    /// Request ids, for refusals.
-    pub ids: Arc<RequestIds>,
+    /// The proxy, for request ids and the error shape of the provider a request is for.
+    pub proxy: Arc<Proxy>,
 }
 
 impl GuardContext {
     fn shape_for(&self, target: &str) -> ErrorShape {
-        self.shapes
+        let name = target
+            .trim_start_matches('/')
+            .split(['/', '?'])
+            .next()
+            .unwrap_or("");
+        self.proxy
+            .providers()
             .iter()
-            .find(|(prefix, _)| target.starts_with(prefix.as_str()))
-            .map_or(ErrorShape::OpenAi, |(_, shape)| *shape)
+            .find(|p| p.name == name)
+            .map_or(ErrorShape::OpenAi, |p| p.shape)
     }
 }
 
@@ -248,7 +252,7 @@ impl Guard<'_> {
     /// sends for a moment, so the answer is not lost to a reset.
     fn refuse(&mut self, error: &ProxyError, shape: ErrorShape, line: RequestLine) {
         let answer = error.answer(shape);
-        let id = self.ctx.ids.next();
+        let id = self.ctx.proxy.ids.next();
         let (method, path) = line.unwrap_or_else(|| ("-".into(), "-".into()));
         log::info!(
             "req={id} {method} {path} status={} attempts=0 key=- ms=0 refused=guard",

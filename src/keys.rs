@@ -287,6 +287,20 @@ impl KeyPool {
         }
     }
 
+    /// Takes over the cooldowns and counters of keys that `previous` also holds (a reload keeps
+    /// what was learnt about keys that stayed), and its round-robin position.
+    pub fn adopt(&self, previous: &KeyPool) {
+        let old = previous.lock();
+        let mut state = self.lock();
+        state.next_ticket = old.next_ticket;
+        for (index, key) in self.keys.iter().enumerate() {
+            if let Some(at) = previous.keys.iter().position(|k| k == key) {
+                state.slots[index].benches = old.slots[at].benches.clone();
+                state.slots[index].stats = old.slots[at].stats.clone();
+            }
+        }
+    }
+
     /// A copy of every key's state, dropping cooldowns that have ended.
     pub fn snapshot(&self, now: Instant) -> Vec<KeySnapshot> {
         let mut state = self.lock();
@@ -401,6 +415,24 @@ mod tests {
             );
         }
         assert_eq!(pool.wait_for_any(None, now), Duration::from_secs(7));
+    }
+
+    #[test]
+    fn adopt_keeps_state_of_keys_that_stayed() {
+        let now = Instant::now();
+        let old = KeyPool::new(vec![ApiKey::new("a"), ApiKey::new("b")]);
+        old.bench(
+            1,
+            Some("m"),
+            now + Duration::from_secs(30),
+            BenchReason::RateLimited,
+        );
+        old.record(1, AttemptClass::RateLimited);
+        let new = KeyPool::new(vec![ApiKey::new("b"), ApiKey::new("c")]);
+        new.adopt(&old);
+        assert!(!new.is_ready(0, Some("m"), now), "b keeps its cooldown");
+        assert!(new.is_ready(1, Some("m"), now), "c is new");
+        assert_eq!(new.snapshot(now)[0].stats.rate_limited, 1);
     }
 
     #[test]

@@ -54,15 +54,38 @@ fn main() -> ExitCode {
     serve(config)
 }
 
+/// Reads the configuration from the process environment over the environment file (ENV_FILE,
+/// else `./.env`, which may be absent).
 fn load_config() -> Result<Config, String> {
-    let env_file = match std::fs::read_to_string(".env") {
+    let (path, required) = match std::env::var("ENV_FILE") {
+        Ok(path) if !path.is_empty() => (path, true),
+        _ => (".env".to_string(), false),
+    };
+    let env_file = match std::fs::read_to_string(&path) {
         Ok(text) => Some(text),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
-        Err(err) => return Err(format!(".env: {err}")),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !required => None,
+        Err(err) => return Err(format!("{path}: {err}")),
     };
     let lookup = layered_lookup(env_file.as_deref(), |name| std::env::var(name).ok())
         .map_err(|e| e.to_string())?;
     Config::from_lookup(&lookup).map_err(|e| e.to_string())
+}
+
+/// SIGHUP: re-reads the environment file and swaps in new keys and provider settings; a bad file
+/// is refused and the running configuration kept.
+fn reload_config(proxy: &Proxy) {
+    match load_config() {
+        Ok(config) => {
+            let changes = proxy.reload(&config);
+            if changes.is_empty() {
+                info!("reload: configuration re-read, nothing changed");
+            }
+            for change in changes {
+                info!("reload: {change}");
+            }
+        }
+        Err(message) => error!("reload refused, keeping the running configuration: {message}"),
+    }
 }
 
 fn init_logging(level: LogLevel, log_file: Option<&str>) -> Result<(), String> {
@@ -115,13 +138,15 @@ fn serve(config: Config) -> ExitCode {
     }
     info!("listening on http://{}", listener.local_addr());
     let proxy = Arc::new(Proxy::new(&config));
+    let reloaded = Arc::clone(&proxy);
+    let reload = move || reload_config(&reloaded);
     let settings = ServeSettings {
         workers: config.workers,
         max_body: config.max_body_bytes,
         idle_timeout: config.client_idle_timeout,
         shutdown_grace: config.shutdown_grace,
     };
-    match listener.serve(proxy, settings) {
+    match listener.serve(proxy, settings, reload) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!("server failed: {err}");

@@ -1,6 +1,7 @@
 //! The provider table: where each route prefix goes, how a key is injected, which client
 //! credentials are stripped, and the shape of the errors keyrelay writes in its name.
 
+use crate::json;
 use crate::keys::{ApiKey, KeyPool};
 
 /// How the pool key travels to the upstream.
@@ -67,6 +68,38 @@ impl Provider {
             keys_var: keys_var_for(name),
             pool: KeyPool::new(keys),
         }
+    }
+
+    /// Whether a request header carries a client credential to strip: the usual three, plus this
+    /// provider's own key header.
+    pub fn is_credential_header(&self, name: &str) -> bool {
+        CLIENT_CREDENTIAL_HEADERS
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h))
+            || matches!(&self.auth, AuthStyle::Header(own) if name.eq_ignore_ascii_case(own))
+    }
+
+    /// The client's query string without credentials (`key=`, and this provider's own key
+    /// parameter), otherwise byte for byte.
+    pub fn strip_credentials(&self, query: &str) -> String {
+        let stripped = strip_query_param(query, CLIENT_CREDENTIAL_PARAM);
+        match &self.auth {
+            AuthStyle::Query(param) => strip_query_param(&stripped, param),
+            _ => stripped,
+        }
+    }
+
+    /// The model a request is for, for per-model cooldowns: from the path for Gemini
+    /// (`models/<model>:generateContent`), else from the JSON body's `"model"`.
+    pub fn model_of(&self, rest: &str, body: &[u8]) -> Option<String> {
+        if self.shape == ErrorShape::Gemini {
+            let after = rest.split_once("models/")?.1;
+            let model = after.split([':', '/', '?']).next()?;
+            return (!model.is_empty()).then(|| model.to_string());
+        }
+        json::first_string_field(body, "model")
+            .filter(|m| !m.is_empty() && m.len() <= 200)
+            .map(str::to_string)
     }
 
     /// The upstream URL for a request's path below the route prefix and its filtered query.
@@ -152,6 +185,76 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(strip_query_param(input, "key"), expected, "{input}");
         }
+    }
+
+    #[test]
+    fn models() {
+        let gemini = Provider::new(
+            "gemini",
+            "http://g",
+            AuthStyle::Bearer,
+            ErrorShape::Gemini,
+            vec![],
+        );
+        let openai = Provider::new(
+            "openai",
+            "http://o",
+            AuthStyle::Bearer,
+            ErrorShape::OpenAi,
+            vec![],
+        );
+        let cases: [(&Provider, &str, &[u8], Option<&str>); 6] = [
+            (
+                &gemini,
+                "v1beta/models/gemini-2.0-flash:generateContent",
+                b"",
+                Some("gemini-2.0-flash"),
+            ),
+            (
+                &gemini,
+                "v1/models/gemini-pro:streamGenerateContent?alt=sse",
+                b"",
+                Some("gemini-pro"),
+            ),
+            (&gemini, "v1beta/files", br#"{"model":"x"}"#, None),
+            (
+                &openai,
+                "v1/chat/completions",
+                br#"{"model": "gpt-4o", "messages": []}"#,
+                Some("gpt-4o"),
+            ),
+            (
+                &openai,
+                "v1/chat/completions",
+                br#"{"messages":[{"content":"\"model\": \"no\""}]}"#,
+                None,
+            ),
+            (&openai, "v1/models", b"", None),
+        ];
+        for (provider, rest, body, expected) in cases {
+            assert_eq!(provider.model_of(rest, body).as_deref(), expected, "{rest}");
+        }
+    }
+
+    #[test]
+    fn credentials_per_provider() {
+        let p = Provider::new(
+            "x",
+            "http://x",
+            AuthStyle::Query("api_key".into()),
+            ErrorShape::OpenAi,
+            vec![],
+        );
+        assert_eq!(p.strip_credentials("a=1&key=k&api_key=z&b=2"), "a=1&b=2");
+        let h = Provider::new(
+            "y",
+            "http://y",
+            AuthStyle::Header("x-custom-key".into()),
+            ErrorShape::OpenAi,
+            vec![],
+        );
+        assert!(h.is_credential_header("X-Custom-Key") && h.is_credential_header("authorization"));
+        assert!(!h.is_credential_header("anthropic-version"));
     }
 
     #[test]

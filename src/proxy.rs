@@ -1,7 +1,7 @@
 //! The running proxy's shared state, built once from the configuration and shared by every
 //! worker: providers with their key pools, the upstream agent, limits and the id source.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ureq::Agent;
@@ -23,12 +23,15 @@ pub struct Limits {
     pub cooldown: Duration,
     /// Upstream silence limit, for messages.
     pub upstream_timeout: Duration,
+    /// Longest a request waits for a cooling key.
+    pub wait_for_key: Duration,
 }
 
 /// Everything a worker needs to forward a request.
 pub struct Proxy {
-    /// Providers in route order.
-    pub providers: Vec<Provider>,
+    /// Providers in route order; replaced whole on reload, so a request keeps the set it
+    /// started with.
+    providers: RwLock<Arc<Vec<Provider>>>,
     /// Shared upstream connection pool.
     pub agent: Agent,
     /// Limits.
@@ -48,21 +51,8 @@ pub struct Proxy {
 impl Proxy {
     /// Builds the state for `config`.
     pub fn new(config: &Config) -> Proxy {
-        let providers = config
-            .providers
-            .iter()
-            .map(|p| {
-                Provider::new(
-                    &p.name,
-                    &p.base_url,
-                    p.auth.clone(),
-                    p.shape,
-                    p.keys.clone(),
-                )
-            })
-            .collect();
         Proxy {
-            providers,
+            providers: RwLock::new(Arc::new(build_providers(config))),
             agent: upstream::agent(
                 config.connect_timeout,
                 config.upstream_timeout,
@@ -72,6 +62,7 @@ impl Proxy {
                 max_body_bytes: config.max_body_bytes,
                 cooldown: config.cooldown,
                 upstream_timeout: config.upstream_timeout,
+                wait_for_key: config.wait_for_key,
             },
             ids: Arc::new(RequestIds::default()),
             access: AccessTokens::new(config.proxy_tokens.clone()),
@@ -81,16 +72,99 @@ impl Proxy {
         }
     }
 
-    /// The provider serving route `name`.
-    pub fn provider(&self, name: &str) -> Option<&Provider> {
-        self.providers.iter().find(|p| p.name == name)
+    /// The current providers.
+    pub fn providers(&self) -> Arc<Vec<Provider>> {
+        Arc::clone(&self.providers.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// The route patterns, for 404 messages and the index page.
-    pub fn routes(&self) -> Vec<String> {
-        self.providers
-            .iter()
-            .map(|p| format!("/{}/*", p.name))
-            .collect()
+    /// Swaps in the key lists and provider settings of `config`, keeping the cooldowns and
+    /// counters of keys that stayed. Requests in flight finish with the set they started with.
+    /// Returns a description of what changed (keys as masks).
+    pub fn reload(&self, config: &Config) -> Vec<String> {
+        let old = self.providers();
+        let new = build_providers(config);
+        for provider in &new {
+            if let Some(previous) = old.iter().find(|p| p.name == provider.name) {
+                provider.pool.adopt(&previous.pool);
+            }
+        }
+        let changes = describe_changes(&old, &new);
+        *self.providers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        changes
     }
+}
+
+/// The route patterns of `providers`, for 404 messages and the index page.
+pub fn routes(providers: &[Provider]) -> Vec<String> {
+    providers.iter().map(|p| format!("/{}/*", p.name)).collect()
+}
+
+fn build_providers(config: &Config) -> Vec<Provider> {
+    config
+        .providers
+        .iter()
+        .map(|p| {
+            Provider::new(
+                &p.name,
+                &p.base_url,
+                p.auth.clone(),
+                p.shape,
+                p.keys.clone(),
+            )
+        })
+        .collect()
+}
+
+fn describe_changes(old: &[Provider], new: &[Provider]) -> Vec<String> {
+    let mut changes = Vec::new();
+    for provider in new {
+        let Some(before) = old.iter().find(|p| p.name == provider.name) else {
+            changes.push(format!(
+                "provider {} added: {} ({} keys)",
+                provider.name,
+                provider.base_url,
+                provider.pool.len()
+            ));
+            continue;
+        };
+        if before.base_url != provider.base_url {
+            changes.push(format!(
+                "{}: base URL {} -> {}",
+                provider.name, before.base_url, provider.base_url
+            ));
+        }
+        if before.auth != provider.auth {
+            changes.push(format!("{}: key injection changed", provider.name));
+        }
+        let masks = |from: &Provider, not_in: &Provider| -> Vec<String> {
+            from.pool
+                .keys()
+                .iter()
+                .filter(|k| !not_in.pool.keys().contains(k))
+                .map(|k| k.mask())
+                .collect()
+        };
+        let added = masks(provider, before);
+        let removed = masks(before, provider);
+        if !added.is_empty() {
+            changes.push(format!(
+                "{}: keys added: {}",
+                provider.name,
+                added.join(", ")
+            ));
+        }
+        if !removed.is_empty() {
+            changes.push(format!(
+                "{}: keys removed: {}",
+                provider.name,
+                removed.join(", ")
+            ));
+        }
+    }
+    for provider in old {
+        if !new.iter().any(|p| p.name == provider.name) {
+            changes.push(format!("provider {} removed", provider.name));
+        }
+    }
+    changes
 }

@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{error, info, warn};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::acceptor;
@@ -63,9 +63,14 @@ impl Listener {
     }
 
     /// Serves until SIGTERM or SIGINT, then drains in-flight requests (bounded by the grace
-    /// period) and returns. A second signal exits at once.
-    pub fn serve(self, proxy: Arc<Proxy>, settings: ServeSettings) -> io::Result<()> {
-        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    /// period) and returns. A second signal exits at once. SIGHUP calls `reload`.
+    pub fn serve(
+        self,
+        proxy: Arc<Proxy>,
+        settings: ServeSettings,
+        reload: impl Fn(),
+    ) -> io::Result<()> {
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         let socket_dir = private_dir()?;
         let socket_path = socket_dir.join("tiny_http.sock");
         let tiny = tiny_http::Server::from_listener(UnixListener::bind(&socket_path)?, None)
@@ -87,18 +92,19 @@ impl Listener {
             max_body: settings.max_body,
             idle_timeout: settings.idle_timeout,
             stopping: Arc::clone(&stopping),
-            shapes: proxy
-                .providers
-                .iter()
-                .map(|p| (format!("/{}/", p.name), p.shape))
-                .collect(),
-            ids: Arc::clone(&proxy.ids),
+            proxy: Arc::clone(&proxy),
         });
         let acceptor = thread::Builder::new()
             .name("acceptor".into())
             .spawn(move || acceptor::run(self.tcp, ctx))?;
 
-        let first = signals.forever().next();
+        let first = signals.forever().find(|signal| {
+            if *signal == SIGHUP {
+                reload();
+                return false;
+            }
+            true
+        });
         info!(
             "signal {} received: no new connections; waiting up to {}s for {} request(s) in flight",
             first.unwrap_or_default(),
@@ -109,7 +115,7 @@ impl Listener {
         acceptor::wake(self.addr);
         let _ = acceptor.join();
         thread::spawn(move || {
-            if signals.forever().next().is_some() {
+            if signals.forever().any(|signal| signal != SIGHUP) {
                 warn!("second signal: exiting now");
                 std::process::exit(1);
             }
