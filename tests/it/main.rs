@@ -7,6 +7,7 @@ mod config;
 mod keys;
 mod logging;
 mod nginx;
+mod providers;
 mod relay;
 mod rotation;
 mod routing;
