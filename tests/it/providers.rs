@@ -56,7 +56,7 @@ fn anthropic_style_provider_gets_its_header_key_and_its_error_shape() {
     let second = send(proxy.port, &req);
     assert_eq!(second.status, 200, "K2 429s, K1 answers: {}", second.text());
     let mock_all_429 = Mock::start(|_| Reply::json(429, "{}").header("retry-after", "30"));
-    let limited = proxy()
+    let limited = crate::support::proxy::proxy()
         .env("PROVIDERS", "anthropic")
         .env("ANTHROPIC_BASE_URL", &mock_all_429.url())
         .env("ANTHROPIC_API_KEYS", K1)
