@@ -56,7 +56,9 @@ pub fn help() -> String {
         ));
     }
     text.push_str(
-        "\nRoutes: /openai/<path> → OPENAI_BASE_URL/<path>, /gemini/<path> → GEMINI_BASE_URL/<path>\n",
+        "\nRoutes: /openai/<path> → OPENAI_BASE_URL/<path>, /gemini/<path> → GEMINI_BASE_URL/<path>,\n\
+         /<name>/<path> → <NAME>_BASE_URL/<path> for each name in PROVIDERS.\n\
+         Signals: SIGTERM/SIGINT drain and exit; SIGHUP re-reads the environment file.\n",
     );
     text
 }

@@ -9,6 +9,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,7 +18,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::acceptor;
-use crate::bridge::Bridge;
+use crate::bridge::{Bridge, PROBE_HEADER};
 use crate::client_conn::Registry;
 use crate::forward;
 use crate::guard::{CONN_HEADER, GuardContext};
@@ -27,8 +28,10 @@ use crate::stream::RelayBuffer;
 /// Stack size of a worker: forwarding needs little, and a thousand workers should cost little.
 const WORKER_STACK: usize = 256 * 1024;
 
-/// Internal links from the guards into tiny_http.
-const LINKS: usize = 4;
+/// Internal links from the guards into tiny_http. tiny_http hands over one request per link at
+/// a time, so links are what lets requests from different clients overlap; an idle link costs
+/// one parked thread.
+const LINKS: usize = 32;
 
 /// Settings for serving.
 #[derive(Debug, Clone, Copy)]
@@ -77,18 +80,22 @@ impl Listener {
             .map_err(|e| io::Error::other(e.to_string()))?;
         let tiny = Arc::new(tiny);
         let registry = Arc::clone(&proxy.registry);
+        let (probe_acks, acks) = mpsc::channel();
         for index in 0..settings.workers {
             let (tiny, proxy, registry) =
                 (Arc::clone(&tiny), Arc::clone(&proxy), Arc::clone(&registry));
+            let probe_acks = probe_acks.clone();
             thread::Builder::new()
                 .name(format!("worker-{index}"))
                 .stack_size(WORKER_STACK)
-                .spawn(move || work(&tiny, &proxy, &registry))?;
+                .spawn(move || work(&tiny, &proxy, &registry, &probe_acks))?;
         }
+        let bridge = Bridge::new(&socket_path, LINKS);
+        bridge.connect_all(&acks)?;
         let stopping = Arc::new(AtomicBool::new(false));
         let ctx = Arc::new(GuardContext {
             registry: Arc::clone(&registry),
-            bridge: Bridge::new(&socket_path, LINKS),
+            bridge,
             max_body: settings.max_body,
             idle_timeout: settings.idle_timeout,
             stopping: Arc::clone(&stopping),
@@ -164,9 +171,19 @@ fn private_dir() -> io::Result<PathBuf> {
 }
 
 /// One worker: takes requests from tiny_http and answers each on its client connection.
-fn work(tiny: &tiny_http::Server, proxy: &Proxy, registry: &Registry) {
+fn work(tiny: &tiny_http::Server, proxy: &Proxy, registry: &Registry, probe_acks: &Sender<usize>) {
     let mut buffer = RelayBuffer::default();
     while let Ok(request) = tiny.recv() {
+        let probe = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv(PROBE_HEADER))
+            .and_then(|h| h.value.as_str().parse::<usize>().ok());
+        if let Some(link) = probe {
+            drop(request.into_writer());
+            let _ = probe_acks.send(link);
+            continue;
+        }
         let conn = request
             .headers()
             .iter()

@@ -4,6 +4,7 @@
 mod support;
 
 mod config;
+mod hardening;
 mod keys;
 mod logging;
 mod nginx;

@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod mock;
+pub mod procfs;
 pub mod proxy;
 #[cfg(test)]
 mod selftest;

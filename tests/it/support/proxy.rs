@@ -45,6 +45,7 @@ impl Drop for TempDir {
 pub struct ProxyBuilder {
     env: Vec<(String, String)>,
     dotenv: Option<String>,
+    nofile: Option<u64>,
 }
 
 /// A builder with PORT=0 and HOST=127.0.0.1 and nothing else.
@@ -90,11 +91,28 @@ impl ProxyBuilder {
         self
     }
 
+    /// Starts the binary with RLIMIT_NOFILE lowered to `limit` (through `sh -c 'ulimit -n ..
+    /// && exec ..'`, so the pid is still the proxy's).
+    pub fn nofile_limit(mut self, limit: u64) -> ProxyBuilder {
+        self.nofile = Some(limit);
+        self
+    }
+
     fn command(&self, dir: &TempDir, args: &[&str]) -> Command {
         if let Some(content) = &self.dotenv {
             std::fs::write(dir.0.join(".env"), content).expect("write .env");
         }
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyrelay"));
+        let bin = env!("CARGO_BIN_EXE_keyrelay");
+        let mut cmd = match self.nofile {
+            None => Command::new(bin),
+            Some(limit) => {
+                let mut sh = Command::new("/bin/sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(bin);
+                sh
+            }
+        };
         cmd.env_clear()
             .envs(self.env.iter().map(|(n, v)| (n, v)))
             .args(args)
@@ -222,6 +240,29 @@ impl Proxy {
     /// The exit status if the process has exited (e.g. aborted), `None` while it runs.
     pub fn exit_status(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
+    }
+
+    /// Sends signal `name` (`TERM`, `INT`, ...) to the proxy with `kill -s`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {name} {} failed", self.pid());
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status, or `None` if still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exit_status() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Every stderr line so far.

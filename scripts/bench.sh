@@ -1,0 +1,608 @@
+#!/usr/bin/env bash
+# scripts/bench.sh: the side-by-side benchmark of issue 5. keyrelay (4 keys) and a reference
+# nginx reverse proxy (one fixed key) in front of the same fast stand-in upstream, all on
+# 127.0.0.1, measured in one run:
+#   (1) wrk -t2 -c64 POST /openai/v1/chat/completions (~400-byte JSON body): rps, p50, p99;
+#       then 64 fresh keep-alive connections at once: any left waiting >= 1 s (starving)
+#   (2) wrk -t1 -c1, the same: latency each proxy adds over calling the upstream directly
+#   (3) keyrelay's RSS idle (VmRSS before any load) and peak (VmHWM after (1))
+#   (4) 1,000 concurrent SSE streams (20 events, 50 ms apart) through each proxy: per-event delay
+#       from the upstream's write to the client's read, stalled/failed streams, keyrelay's RSS
+#   (5) a 1 GiB download through each proxy, MB/s
+#   (6) keyrelay's start-up time, spawn to ready
+# (1) and (2) run 3 rounds (direct, nginx, keyrelay interleaved); each figure is the median.
+# Prints one table and writes it to target/bench/last.txt; raw outputs and logs go to
+# target/bench/raw/.
+#
+# Usage: scripts/bench.sh                  full run (about 4 minutes on 2 cores, plus the build)
+#        BENCH_QUICK=1 scripts/bench.sh    smoke run: 3 s wrk, 1 round, 200 streams, 256 MiB bulk
+# Other knobs: BENCH_PORT_BASE (default 18100; ports +1..+7 are used), BENCH_NGINX_WORKERS
+# (worker_processes of both nginx instances, default auto = one per CPU), BENCH_WORKERS
+# (keyrelay's WORKERS for (1)-(3), (5), (6); default unset = keyrelay's default).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+START_NS=$(date +%s%N)
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+
+QUICK=${BENCH_QUICK:-0}
+if [[ $QUICK == 1 ]]; then
+  DURATION=3 ROUNDS=1 STREAMS=200 BULK_MIB=256 BULK_RUNS=1 STARTUP_RUNS=3
+else
+  DURATION=10 ROUNDS=3 STREAMS=1000 BULK_MIB=1024 BULK_RUNS=3 STARTUP_RUNS=7
+fi
+EVENTS=20 EVENT_INTERVAL_MS=50 STALL_SECS=5
+NGINX_WORKERS=${BENCH_NGINX_WORKERS:-auto}
+KR_WORKERS=${BENCH_WORKERS:-}
+STREAM_WORKERS=1100 # each stream holds a keyrelay worker for its whole life
+KR_KEYS=sk-bench-key-0000000001,sk-bench-key-0000000002,sk-bench-key-0000000003,sk-bench-key-0000000004
+NGINX_KEY=sk-bench-key-nginx-0000000001
+
+BASE=${BENCH_PORT_BASE:-18100}
+P_UP=$((BASE + 1))      # nginx stand-in upstream: fixed JSON, bulk file
+P_NGX=$((BASE + 2))     # nginx reference proxy -> P_UP
+P_KR=$((BASE + 3))      # keyrelay -> P_UP
+P_SSE=$((BASE + 4))     # Rust SSE stand-in upstream
+P_NGX_SSE=$((BASE + 5)) # nginx reference proxy -> P_SSE (proxy_buffering off)
+P_KR_SSE=$((BASE + 6))  # keyrelay, WORKERS=1100 -> P_SSE
+P_START=$((BASE + 7))   # start-up timing
+
+OUT=$ROOT/target/bench
+RAW=$OUT/raw
+CHAT=/openai/v1/chat/completions
+
+# ---------------------------------------------------------------------------------------------
+# Processes and clean-up
+
+TMP=$(mktemp -d /tmp/keyrelay-bench.XXXXXX)
+PIDS=()
+declare -A PNAME=() # pid -> what it is, for the clean-up report
+
+# spawned NAME: records the last background job for clean-up.
+spawned() {
+  PIDS+=("$!")
+  PNAME[$!]=$1
+}
+
+# Progress goes to the script's own stderr, kept on a spare descriptor: a trap runs inside the
+# redirections of whatever command it interrupted (e.g. wrk's >file 2>&1).
+exec {LOG_FD}>&2
+log() { printf '[bench %5.1fs] %s\n' "$(elapsed_s)" "$*" >&"$LOG_FD"; }
+die() {
+  log "FAILED: $*"
+  exit 1
+}
+elapsed_s() { awk -v a="$START_NS" -v b="$(date +%s%N)" 'BEGIN { printf "%.1f", (b - a) / 1e9 }'; }
+
+cleanup() {
+  local status=$? pid _
+  set +e
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  for _ in $(seq 1 50); do # at most 5 s for everything to exit
+    local alive=0
+    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.1
+  done
+  for pid in "${PIDS[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      log "${PNAME[$pid]} (pid $pid) still running 5 s after SIGTERM: killing it"
+      kill -KILL "$pid" 2>/dev/null
+    fi
+  done
+  wait 2>/dev/null
+  # Keep the logs of the last run for a post-mortem; the big file and configs go.
+  mkdir -p "$RAW"
+  find "$TMP" -name '*.log' -size -8M | while read -r f; do
+    cp "$f" "$RAW/$(basename "$(dirname "$f")")-$(basename "$f")" 2>/dev/null
+  done
+  rm -rf "$TMP"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+# Runs a command with a hard time limit, staying in the foreground process group so that
+# Ctrl-C reaches it.
+bounded() {
+  local secs=$1
+  shift
+  timeout --foreground -k 5 "$secs" "$@"
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_ready PORT PID LOGFILE: until the port accepts, for at most about 10 s. The port, not a
+# log line, is the signal: keyrelay prints "listening on" only at LOG_LEVEL=info.
+wait_ready() {
+  local port=$1 pid=$2 logfile=$3 _
+  for _ in $(seq 1 1000); do
+    kill -0 "$pid" 2>/dev/null || die "process $pid for port $port exited: $(tail -5 "$logfile")"
+    port_open "$port" && return 0
+    sleep 0.01
+  done
+  die "nothing listening on port $port after 10 s: $(tail -5 "$logfile")"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Preparation
+
+install_tools() {
+  command -v wrk >/dev/null && { command -v nginx || [[ -x /usr/sbin/nginx ]]; } >/dev/null && return 0
+  log "installing wrk and nginx-light"
+  local sudo=()
+  [[ $(id -u) == 0 ]] || sudo=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  bounded 300 "${sudo[@]}" apt-get install -y nginx-light wrk ||
+    { bounded 300 "${sudo[@]}" apt-get update && bounded 300 "${sudo[@]}" apt-get install -y nginx-light wrk; }
+}
+
+raise_fd_limit() {
+  ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  local n
+  n=$(ulimit -n)
+  [[ $n == unlimited || $n -ge 8192 ]] || die "open-file limit is $n; 1,000 streams need about 8,000"
+  log "open-file limit: $n"
+}
+
+build() {
+  log "building keyrelay and the sse-upstream example (release)"
+  local started=$SECONDS
+  (cd "$ROOT" && bounded 900 cargo build --release --quiet &&
+    bounded 900 cargo build --release --quiet --example sse-upstream) || die "build failed"
+  KR_BIN=$ROOT/target/release/keyrelay
+  TOOL=$ROOT/target/release/examples/sse-upstream
+  BUILD_S=$((SECONDS - started))
+}
+
+check_ports() {
+  local p
+  for p in "$P_UP" "$P_NGX" "$P_KR" "$P_SSE" "$P_NGX_SSE" "$P_KR_SSE" "$P_START"; do
+    port_free "$p" || die "port $p is in use (set BENCH_PORT_BASE)"
+  done
+}
+
+# A realistic chat request, about 400 bytes.
+BODY='{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a concise assistant. Answer in one short paragraph, plain text, no lists."},{"role":"user","content":"Summarise the trade-offs between thread-per-connection servers and event loops for an HTTP proxy that relays streaming LLM responses to many slow clients."}],"temperature":0.2,"max_tokens":256,"stream":false,"user":"bench-client-0042"}'
+
+# The stand-in upstream's answer.
+ANSWER='{"id":"chatcmpl-bench0001","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Threads are simple and isolate slow clients; event loops hold more connections per byte of memory."},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":64,"completion_tokens":21,"total_tokens":85},"system_fingerprint":"fp_bench"}'
+
+write_wrk_script() {
+  cat >"$TMP/post.lua" <<EOF
+-- POST a ~400-byte chat request; print exact figures from wrk's own histogram at the end.
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer sk-client-placeholder"
+wrk.body = [[$BODY]]
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  local rps = summary.requests / (summary.duration / 1e6)
+  io.write(string.format(
+    "RESULT requests=%d rps=%.1f p50_us=%d p99_us=%d max_us=%d non2xx=%d sockerr=%d\n",
+    summary.requests, rps, latency:percentile(50), latency:percentile(99), latency.max,
+    e.status, e.connect + e.read + e.write + e.timeout))
+end
+EOF
+}
+
+# Lines shared by both nginx instances: everything private to $dir.
+nginx_main() {
+  local dir=$1
+  [[ $(id -u) == 0 ]] && echo "user $(id -un) $(id -gn);" # workers must read our temp dir
+  cat <<EOF
+worker_processes $NGINX_WORKERS;
+worker_rlimit_nofile 16384;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 8192; }
+EOF
+}
+
+nginx_http_common() {
+  local dir=$1
+  cat <<EOF
+  access_log off;
+  client_body_temp_path $dir/client_body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 120s;
+EOF
+}
+
+write_upstream_conf() {
+  local dir=$TMP/nginx-upstream
+  mkdir -p "$dir" "$TMP/www/v1/files"
+  truncate -s "${BULK_MIB}M" "$TMP/www/v1/files/big"
+  # Read it once so every download is served from the page cache, the first one included.
+  cat "$TMP/www/v1/files/big" >/dev/null
+  {
+    nginx_main "$dir"
+    echo "http {"
+    nginx_http_common "$dir"
+    cat <<EOF
+  sendfile on;
+  server {
+    listen 127.0.0.1:$P_UP;
+    location = /v1/chat/completions {
+      default_type application/json;
+      return 200 '$ANSWER';
+    }
+    location /v1/files/ {
+      root $TMP/www;
+      default_type application/octet-stream;
+    }
+  }
+}
+EOF
+  } >"$dir/nginx.conf"
+}
+
+# The reference: nginx as people deploy it in front of an LLM API, with one fixed key.
+write_proxy_conf() {
+  local dir=$TMP/nginx-proxy
+  mkdir -p "$dir"
+  local common="proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header Authorization \"Bearer $NGINX_KEY\";
+      proxy_max_temp_file_size 0;"
+  {
+    nginx_main "$dir"
+    echo "http {"
+    nginx_http_common "$dir"
+    cat <<EOF
+  upstream chat { server 127.0.0.1:$P_UP; keepalive 128; keepalive_requests 1000000; }
+  upstream sse { server 127.0.0.1:$P_SSE; keepalive 128; }
+  server {
+    listen 127.0.0.1:$P_NGX;
+    location /openai/ {
+      proxy_pass http://chat/;
+      $common
+    }
+  }
+  server {
+    listen 127.0.0.1:$P_NGX_SSE;
+    location /openai/ {
+      proxy_pass http://sse/;
+      proxy_buffering off;
+      $common
+    }
+  }
+}
+EOF
+  } >"$dir/nginx.conf"
+}
+
+start_nginx() {
+  local dir=$1 port=$2 nginx_bin
+  nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+  "$nginx_bin" -t -q -e "$dir/startup.log" -p "$dir" -c "$dir/nginx.conf" 2>"$dir/test.log" ||
+    die "nginx config $dir/nginx.conf rejected: $(cat "$dir/test.log")"
+  "$nginx_bin" -e "$dir/startup.log" -p "$dir" -c "$dir/nginx.conf" 2>"$dir/stderr.log" &
+  spawned "nginx ($(basename "$dir"))"
+  wait_ready "$port" "$!" "$dir/stderr.log"
+}
+
+# start_keyrelay NAME PORT UPSTREAM_PORT [WORKERS]: sets KR_PID.
+start_keyrelay() {
+  local dir=$TMP/$1 port=$2 upstream=$3 workers=${4:-}
+  mkdir -p "$dir"
+  local envs=(PORT="$port" HOST=127.0.0.1 OPENAI_API_KEYS="$KR_KEYS"
+    OPENAI_BASE_URL="http://127.0.0.1:$upstream" LOG_LEVEL=warn)
+  [[ -n $workers ]] && envs+=(WORKERS="$workers")
+  (cd "$dir" && exec env -i "${envs[@]}" "$KR_BIN") 2>"$dir/stderr.log" &
+  KR_PID=$!
+  spawned "keyrelay ($1)"
+  wait_ready "$port" "$KR_PID" "$dir/stderr.log"
+}
+
+start_sse_upstream() {
+  mkdir -p "$TMP/sse-upstream"
+  "$TOOL" serve --port "$P_SSE" --events "$EVENTS" --interval-ms "$EVENT_INTERVAL_MS" \
+    2>"$TMP/sse-upstream/stderr.log" &
+  spawned sse-upstream
+  wait_ready "$P_SSE" "$!" "$TMP/sse-upstream/stderr.log"
+}
+
+# Checks that a target answers the chat POST with 200 and a JSON body.
+smoke() {
+  local url=$1 code
+  code=$(curl -s -o "$TMP/smoke.out" -w '%{http_code}' --max-time 10 -X POST \
+    -H 'Content-Type: application/json' --data-binary "$BODY" "$url") || code=000
+  if [[ $code != 200 ]] || ! grep -q chatcmpl-bench0001 "$TMP/smoke.out"; then
+    die "POST $url answered $code: $(head -c 300 "$TMP/smoke.out")"
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+# A key's value in the last RESULT line of a file.
+kv() { grep '^RESULT' "$1" | tail -1 | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "nan" }'; }
+# cpu_busy_pct SECS: how busy all CPUs were over SECS, in percent, whoever used them. Taken while
+# everything of ours is idle, it shows how much other work competed with the measurements.
+cpu_busy_pct() {
+  local before after
+  before=$(head -1 /proc/stat)
+  sleep "$1"
+  after=$(head -1 /proc/stat)
+  awk -v a="$before" -v b="$after" 'BEGIN {
+    split(a, x); split(b, y)
+    for (i = 2; i <= 9; i++) total += y[i] - x[i]   # user .. steal (guest is inside user)
+    idle = (y[5] - x[5]) + (y[6] - x[6])            # idle + iowait
+    printf "%.0f", total ? 100 * (total - idle) / total : 0
+  }'
+}
+status_kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
+
+declare -A URL=(
+  [direct]="http://127.0.0.1:$P_UP/v1/chat/completions"
+  [nginx]="http://127.0.0.1:$P_NGX$CHAT"
+  [keyrelay]="http://127.0.0.1:$P_KR$CHAT"
+)
+TARGETS=(direct nginx keyrelay)
+
+# run_wrk TAG TARGET THREADS CONNS SECS: raw output to $RAW/wrk-TAG-TARGET.txt.
+run_wrk() {
+  local tag=$1 target=$2 threads=$3 conns=$4 secs=$5
+  local out=$RAW/wrk-$tag-$target.txt
+  bounded $((secs + 30)) wrk -t"$threads" -c"$conns" -d"${secs}s" --latency \
+    -s "$TMP/post.lua" "${URL[$target]}" >"$out" 2>&1 || die "wrk against $target failed: $(tail -3 "$out")"
+  grep -q '^RESULT' "$out" || die "wrk printed no result for $target: $(tail -3 "$out")"
+}
+
+# measure_wrk NAME THREADS CONNS: ROUNDS interleaved rounds; medians into W[NAME,target,key].
+declare -A W=()
+measure_wrk() {
+  local name=$1 threads=$2 conns=$3 round target key
+  for round in $(seq 1 "$ROUNDS"); do
+    for target in "${TARGETS[@]}"; do
+      log "($name) round $round/$ROUNDS: $target, wrk -t$threads -c$conns -d${DURATION}s"
+      run_wrk "$name-r$round" "$target" "$threads" "$conns" "$DURATION"
+    done
+  done
+  for target in "${TARGETS[@]}"; do
+    for key in rps p50_us p99_us max_us; do
+      W[$name,$target,$key]=$(for round in $(seq 1 "$ROUNDS"); do
+        kv "$RAW/wrk-$name-r$round-$target.txt" "$key"
+      done | median)
+    done
+    # Errors are summed over rounds, not medianed: one bad round must show.
+    for key in non2xx sockerr; do
+      W[$name,$target,$key]=$(for round in $(seq 1 "$ROUNDS"); do
+        kv "$RAW/wrk-$name-r$round-$target.txt" "$key"
+      done | awk '{ s += $1 } END { print s + 0 }')
+    done
+  done
+}
+
+# starvation_test: 64 keep-alive connections opened at once per target, each sending back to
+# back; counts connections that waited >= 1 s for an answer (wrk cannot show them: a request
+# that never completes is in none of its figures).
+starvation_test() {
+  local target secs=$((DURATION / 2 > 2 ? DURATION / 2 : 2))
+  for target in "${TARGETS[@]}"; do
+    log "(1) starvation check: 64 fresh keep-alive connections for ${secs}s, $target"
+    local url=${URL[$target]#http://}
+    bounded $((secs + 30)) "$TOOL" conns --addr "${url%%/*}" --path "/${url#*/}" --conns 64 \
+      --secs "$secs" --body "$BODY" >"$RAW/conns-$target.txt" 2>"$RAW/conns-$target.err" ||
+      die "starvation check against $target failed: $(tail -3 "$RAW/conns-$target.err")"
+  done
+}
+
+# stream_test TARGET PORT PATH [PID]: 1,000 SSE streams; RESULT to $RAW/sse-TARGET.txt.
+stream_test() {
+  local target=$1 port=$2 path=$3 pid=${4:-}
+  local watch=()
+  [[ -n $pid ]] && watch=(--watch-pid "$pid")
+  log "(4) $STREAMS concurrent SSE streams: $target"
+  bounded 180 "$TOOL" client --addr "127.0.0.1:$port" --path "$path" --streams "$STREAMS" \
+    --events "$EVENTS" --stall-secs "$STALL_SECS" --deadline-secs 90 "${watch[@]}" \
+    >"$RAW/sse-$target.txt" 2>"$RAW/sse-$target.err" || die "stream client failed: $(tail -3 "$RAW/sse-$target.err")"
+  sed 's/^/    /' "$RAW/sse-$target.err" >&2
+}
+
+# bulk TARGET URL: one download; prints MB/s (10^6 bytes).
+bulk() {
+  local target=$1 url=$2 line code speed size
+  line=$(curl -s -o /dev/null --max-time 120 -w '%{http_code} %{speed_download} %{size_download}' "$url") ||
+    die "bulk download through $target failed: $line"
+  read -r code speed size <<<"$line"
+  [[ $code == 200 && $size == $((BULK_MIB * 1048576)) ]] ||
+    die "bulk download through $target: status $code, $size bytes"
+  awk -v s="$speed" 'BEGIN { printf "%.0f\n", s / 1e6 }'
+}
+
+# measure_bulk: BULK_RUNS interleaved rounds; the median MB/s into BULK[target].
+declare -A BULK=()
+measure_bulk() {
+  local -A path=([direct]="http://127.0.0.1:$P_UP/v1/files/big"
+    [nginx]="http://127.0.0.1:$P_NGX/openai/v1/files/big"
+    [keyrelay]="http://127.0.0.1:$P_KR/openai/v1/files/big")
+  local round target
+  for round in $(seq 1 "$BULK_RUNS"); do
+    for target in "${TARGETS[@]}"; do
+      log "(5) round $round/$BULK_RUNS: $BULK_MIB MiB download, $target"
+      bulk "$target" "${path[$target]}" >>"$RAW/bulk-$target.txt"
+    done
+  done
+  for target in "${TARGETS[@]}"; do BULK[$target]=$(median <"$RAW/bulk-$target.txt"); done
+}
+
+startup_test() {
+  mkdir -p "$TMP/startup"
+  log "(6) start-up time, $STARTUP_RUNS runs"
+  local envs=(--env "OPENAI_API_KEYS=$KR_KEYS" --env "OPENAI_BASE_URL=http://127.0.0.1:$P_UP"
+    --env LOG_LEVEL=warn)
+  [[ -n $KR_WORKERS ]] && envs+=(--env "WORKERS=$KR_WORKERS")
+  bounded 120 "$TOOL" startup --bin "$KR_BIN" --dir "$TMP/startup" --port "$P_START" \
+    --runs "$STARTUP_RUNS" "${envs[@]}" >"$RAW/startup.txt" 2>"$RAW/startup.err" ||
+    die "start-up timing failed: $(tail -5 "$RAW/startup.err")"
+}
+
+# ---------------------------------------------------------------------------------------------
+# The table
+
+fmt_ms() { awk -v u="$1" 'BEGIN { if (u == "" || u == "nan") print "-"; else printf "%.3f", u / 1000 }'; }
+fmt_mib() { awk -v k="$1" 'BEGIN { if (k == "") print "-"; else printf "%.1f", k / 1024 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2fx", a / b }'; }
+diff_ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.3f ms", a - b }'; }
+# verdict OK_EXPRESSION: "ok" or "MISS".
+verdict() { awk "BEGIN { print (($1) ? \"ok\" : \"MISS\") }"; }
+
+row() { printf '%-40s %12s %12s %12s %14s   %s\n' "$@"; }
+
+print_table() {
+  local -A S=()
+  local t key
+  for t in direct nginx keyrelay; do
+    for key in ok stalled failed delay_p50_ms delay_p99_ms delay_max_ms first_event_p50_ms \
+      first_event_max_ms rss_peak_kib threads_peak; do
+      S[$t,$key]=$(kv "$RAW/sse-$t.txt" "$key")
+    done
+  done
+  local d_p50=${W[c1,direct,p50_us]} d_p99=${W[c1,direct,p99_us]}
+  local n_add50 k_add50 n_add99 k_add99
+  n_add50=$(fmt_ms $((${W[c1,nginx,p50_us]} - d_p50)))
+  k_add50=$(fmt_ms $((${W[c1,keyrelay,p50_us]} - d_p50)))
+  n_add99=$(fmt_ms $((${W[c1,nginx,p99_us]} - d_p99)))
+  k_add99=$(fmt_ms $((${W[c1,keyrelay,p99_us]} - d_p99)))
+  local kr_rps=${W[c64,keyrelay,rps]} ngx_rps=${W[c64,nginx,rps]}
+  local start_ms
+  start_ms=$(kv "$RAW/startup.txt" startup_ms_median)
+
+  echo "keyrelay benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo '+dirty'), $(nproc) CPUs, quick=$QUICK"
+  echo "nginx $(nginx_version), worker_processes $NGINX_WORKERS; keyrelay LOG_LEVEL=warn, WORKERS=${KR_WORKERS:-default} (streams: $STREAM_WORKERS), 4 keys"
+  echo "nginx proxy: upstream keepalive, proxy_buffering on (off for the SSE server), proxy_max_temp_file_size 0"
+  echo "(1),(2): median of $ROUNDS x ${DURATION}s wrk runs; errors summed over runs. Latencies in ms."
+  echo "CPU busy with other work while ours idled: ${BUSY_BEFORE}% before, ${BUSY_AFTER}% after (noise: keep it near 0)"
+  echo
+  row "metric" "direct" "nginx" "keyrelay" "kr vs nginx" "target"
+  row "(1) rps, 64 conns" "${W[c64,direct,rps]%.*}" "${ngx_rps%.*}" "${kr_rps%.*}" \
+    "$(ratio "$kr_rps" "$ngx_rps")" "$(verdict "$kr_rps >= 0.5 * $ngx_rps") >=0.5x"
+  for key in p50_us p99_us max_us; do
+    row "(1) ${key%_us} ms, 64 conns" "$(fmt_ms "${W[c64,direct,$key]}")" "$(fmt_ms "${W[c64,nginx,$key]}")" \
+      "$(fmt_ms "${W[c64,keyrelay,$key]}")" "" \
+      "$([[ $key == p99_us ]] && echo "$(verdict "${W[c64,keyrelay,p99_us]} <= 5000") <=5 ms")"
+  done
+  row "(1) starving conns of 64 (>=1 s wait)" "$(kv "$RAW/conns-direct.txt" starving)" \
+    "$(kv "$RAW/conns-nginx.txt" starving)" "$(kv "$RAW/conns-keyrelay.txt" starving)" "" \
+    "$(verdict "$(kv "$RAW/conns-keyrelay.txt" starving) == 0") 0"
+  row "(1) longest wait ms, 64 fresh conns" "$(kv "$RAW/conns-direct.txt" longest_wait_ms)" \
+    "$(kv "$RAW/conns-nginx.txt" longest_wait_ms)" "$(kv "$RAW/conns-keyrelay.txt" longest_wait_ms)" "" ""
+  row "(1) non-2xx / socket errors" "${W[c64,direct,non2xx]} / ${W[c64,direct,sockerr]}" \
+    "${W[c64,nginx,non2xx]} / ${W[c64,nginx,sockerr]}" "${W[c64,keyrelay,non2xx]} / ${W[c64,keyrelay,sockerr]}" "" \
+    "$(verdict "${W[c64,keyrelay,non2xx]} + ${W[c64,keyrelay,sockerr]} == 0") 0"
+  row "(2) rps, 1 conn" "${W[c1,direct,rps]%.*}" "${W[c1,nginx,rps]%.*}" "${W[c1,keyrelay,rps]%.*}" \
+    "$(ratio "${W[c1,keyrelay,rps]}" "${W[c1,nginx,rps]}")" ""
+  row "(2) p50 ms, 1 conn" "$(fmt_ms "$d_p50")" "$(fmt_ms "${W[c1,nginx,p50_us]}")" \
+    "$(fmt_ms "${W[c1,keyrelay,p50_us]}")" "" ""
+  row "(2) p99 ms, 1 conn" "$(fmt_ms "$d_p99")" "$(fmt_ms "${W[c1,nginx,p99_us]}")" \
+    "$(fmt_ms "${W[c1,keyrelay,p99_us]}")" "" ""
+  row "(2) added p50 ms over direct" "-" "$n_add50" "$k_add50" "$(diff_ms "$k_add50" "$n_add50")" \
+    "$(verdict "$k_add50 <= 0.1") <=0.1 ms"
+  row "(2) added p99 ms over direct" "-" "$n_add99" "$k_add99" "$(diff_ms "$k_add99" "$n_add99")" ""
+  row "(2) non-2xx / socket errors" "${W[c1,direct,non2xx]} / ${W[c1,direct,sockerr]}" \
+    "${W[c1,nginx,non2xx]} / ${W[c1,nginx,sockerr]}" "${W[c1,keyrelay,non2xx]} / ${W[c1,keyrelay,sockerr]}" "" ""
+  row "(3) RSS idle MiB (before load)" "-" "-" "$(fmt_mib "$RSS_IDLE")" "" \
+    "$(verdict "$RSS_IDLE <= 5 * 1024") <=5 MiB"
+  row "(3) RSS peak MiB (VmHWM after (1))" "-" "-" "$(fmt_mib "$RSS_PEAK")" "" \
+    "$(verdict "$RSS_PEAK <= 20 * 1024") <=20 MiB"
+  row "(4) SSE streams ok/stalled/failed" "${S[direct,ok]}/${S[direct,stalled]}/${S[direct,failed]}" \
+    "${S[nginx,ok]}/${S[nginx,stalled]}/${S[nginx,failed]}" \
+    "${S[keyrelay,ok]}/${S[keyrelay,stalled]}/${S[keyrelay,failed]}" "" \
+    "$(verdict "${S[keyrelay,stalled]} + ${S[keyrelay,failed]} == 0 && ${S[keyrelay,ok]} == $STREAMS") $STREAMS/0/0"
+  local -A label=([delay_p50_ms]="event delay p50" [delay_p99_ms]="event delay p99"
+    [delay_max_ms]="event delay max" [first_event_p50_ms]="time to first event p50"
+    [first_event_max_ms]="time to first event max")
+  for key in delay_p50_ms delay_p99_ms delay_max_ms first_event_p50_ms first_event_max_ms; do
+    row "(4) ${label[$key]} ms" "${S[direct,$key]}" "${S[nginx,$key]}" "${S[keyrelay,$key]}" \
+      "$(diff_ms "${S[keyrelay,$key]}" "${S[nginx,$key]}")" \
+      "$([[ $key == delay_p99_ms ]] && echo "$(verdict "${S[keyrelay,$key]} <= 5") <=5 ms")"
+  done
+  row "(4) RSS idle MiB, WORKERS=$STREAM_WORKERS" "-" "-" "$(fmt_mib "$RSS_SSE_IDLE")" "" ""
+  row "(4) RSS peak MiB during streams" "-" "-" "$(fmt_mib "${S[keyrelay,rss_peak_kib]}")" "" "reported"
+  row "(4) threads peak during streams" "-" "-" "${S[keyrelay,threads_peak]}" "" ""
+  row "(5) bulk MB/s, $BULK_MIB MiB (median/$BULK_RUNS)" "${BULK[direct]}" "${BULK[nginx]}" "${BULK[keyrelay]}" \
+    "$(ratio "${BULK[keyrelay]}" "${BULK[nginx]}")" \
+    "$(verdict "${BULK[keyrelay]} >= 0.8 * ${BULK[nginx]}") >=0.8x"
+  row "(5) RSS peak MiB (VmHWM after bulk)" "-" "-" "$(fmt_mib "$RSS_PEAK_BULK")" "" ""
+  row "(6) start-up to ready ms (median/$STARTUP_RUNS)" "-" "-" "$start_ms" "" \
+    "$(verdict "$start_ms <= 20") <=20 ms"
+  echo
+  echo "ready = $(kv "$RAW/startup.txt" signal) (port accepting, or the 'listening on' line if printed first); min/max $(kv "$RAW/startup.txt" startup_ms_min)/$(kv "$RAW/startup.txt" startup_ms_max) ms."
+  echo "Event delay = client read time - upstream write time, per event ($((STREAMS * EVENTS)) events per column); first event = request sent to first event read."
+}
+
+nginx_version() { "$(command -v nginx || echo /usr/sbin/nginx)" -v 2>&1 | sed 's/.*nginx\///'; }
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+main() {
+  mkdir -p "$OUT" "$RAW"
+  rm -f "$RAW"/*
+  install_tools
+  raise_fd_limit
+  check_ports
+  build
+  write_wrk_script
+  write_upstream_conf
+  write_proxy_conf
+
+  log "starting the stand-in upstream (nginx), the reference proxy (nginx), keyrelay"
+  start_nginx "$TMP/nginx-upstream" "$P_UP"
+  start_sse_upstream
+  start_nginx "$TMP/nginx-proxy" "$P_NGX"
+  port_open "$P_NGX_SSE" || die "nginx SSE proxy port $P_NGX_SSE not listening"
+  start_keyrelay keyrelay "$P_KR" "$P_UP" "$KR_WORKERS"
+  local kr=$KR_PID
+  sleep 0.5 # let it finish starting its workers: idle means settled, not half-started
+  RSS_IDLE=$(status_kib "$kr" VmRSS)
+  BUSY_BEFORE=$(cpu_busy_pct 1)
+
+  local target
+  for target in "${TARGETS[@]}"; do smoke "${URL[$target]}"; done
+  log "warm-up: 1 s of wrk -c64 per target"
+  for target in "${TARGETS[@]}"; do run_wrk warmup "$target" 2 64 1; done
+
+  measure_wrk c64 2 64
+  starvation_test
+  RSS_PEAK=$(status_kib "$kr" VmHWM)
+  measure_wrk c1 1 1
+
+  measure_bulk
+  RSS_PEAK_BULK=$(status_kib "$kr" VmHWM)
+
+  start_keyrelay keyrelay-streams "$P_KR_SSE" "$P_SSE" "$STREAM_WORKERS"
+  local kr_sse=$KR_PID
+  sleep 0.5
+  RSS_SSE_IDLE=$(status_kib "$kr_sse" VmRSS)
+  stream_test direct "$P_SSE" /v1/chat/completions
+  stream_test nginx "$P_NGX_SSE" "$CHAT"
+  stream_test keyrelay "$P_KR_SSE" "$CHAT" "$kr_sse"
+
+  startup_test
+  BUSY_AFTER=$(cpu_busy_pct 1)
+
+  kill -0 "$kr" 2>/dev/null || die "keyrelay exited during the run: $(tail -5 "$TMP/keyrelay/stderr.log")"
+  kill -0 "$kr_sse" 2>/dev/null || die "keyrelay (streams) exited: $(tail -5 "$TMP/keyrelay-streams/stderr.log")"
+  local lines
+  lines=$(cat "$TMP"/keyrelay*/stderr.log | wc -l)
+  ((lines == 0)) || log "keyrelay wrote $lines line(s) to stderr at LOG_LEVEL=warn; see $RAW/keyrelay*-stderr.log"
+
+  print_table | tee "$OUT/last.txt"
+  echo "total time $(elapsed_s) s, of which building ${BUILD_S} s" | tee -a "$OUT/last.txt"
+}
+
+main "$@"
