@@ -61,12 +61,12 @@ pub fn run(listener: TcpListener, ctx: Arc<GuardContext>) {
 }
 
 fn start_guard(ctx: &Arc<GuardContext>, tcp: TcpStream, peer: SocketAddr) {
-    // Low latency for small SSE events; ticks for idle checks; a bound on how long a client that
-    // stops reading can hold a worker.
+    // Low latency for small SSE events; ticks for idle checks. Blocked writes also wake every
+    // tick, so the answer writer can enforce its own overall limit (see ClientConn::writer).
     let setup = tcp
         .set_nodelay(true)
         .and_then(|_| tcp.set_read_timeout(Some(TICK)))
-        .and_then(|_| tcp.set_write_timeout(Some(ctx.idle_timeout)));
+        .and_then(|_| tcp.set_write_timeout(Some(TICK)));
     if let Err(err) = setup {
         warn!("dropping a connection from {peer}: {err}");
         return;

@@ -2,9 +2,11 @@
 //! that keeps pipelined responses in order, and the count of requests still owed an answer.
 
 use std::collections::HashMap;
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// One accepted client connection.
 pub struct ClientConn {
@@ -31,6 +33,53 @@ impl ClientConn {
     /// Requests forwarded on this connection and not answered yet.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// A writer for answers that gives the client `limit` to take each flushed piece. The
+    /// socket's own send timeout only bounds one blocked `send`; a client that reads a few
+    /// bytes now and then would restart it forever.
+    pub fn writer(&self, limit: Duration) -> PacedWriter<'_> {
+        PacedWriter {
+            tcp: &self.tcp,
+            limit,
+            piece_started: None,
+        }
+    }
+}
+
+/// See [`ClientConn::writer`].
+pub struct PacedWriter<'a> {
+    tcp: &'a TcpStream,
+    limit: Duration,
+    piece_started: Option<Instant>,
+}
+
+impl Write for PacedWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let started = *self.piece_started.get_or_insert_with(Instant::now);
+        loop {
+            if started.elapsed() > self.limit {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client did not take the answer in time",
+                ));
+            }
+            // The socket's send timeout is a short tick: a blocked send returns so the
+            // overall limit above can be checked.
+            match (&*self.tcp).write(buf) {
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                other => return other,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.piece_started = None;
+        (&*self.tcp).flush()
     }
 }
 

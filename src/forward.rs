@@ -142,7 +142,7 @@ pub fn handle(
     let providers = proxy.providers();
     let answer = decide(proxy, &providers, &incoming, path, query, &client.id);
     *started = true;
-    let mut out = &conn.tcp;
+    let mut out = conn.writer(proxy.limits.client_timeout);
     let report = deliver(&mut out, &client, answer, buffer);
     if client.wants_close {
         let _ = conn.tcp.shutdown(Shutdown::Both);

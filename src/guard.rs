@@ -89,6 +89,7 @@ pub fn serve(ctx: &GuardContext, conn: Arc<ClientConn>) {
         conn: &conn,
         buf: Vec::with_capacity(4096),
         last_progress: Instant::now(),
+        head_started: None,
     };
     let mut line: RequestLine = None;
     if let Stop::Refuse(error, shape) = guard.run(&mut line) {
@@ -102,6 +103,9 @@ struct Guard<'a> {
     conn: &'a ClientConn,
     buf: Vec<u8>,
     last_progress: Instant,
+    /// When the first byte of the head being read arrived: a head must be complete within
+    /// the idle timeout, however slowly its bytes trickle in.
+    head_started: Option<Instant>,
 }
 
 impl Guard<'_> {
@@ -112,6 +116,12 @@ impl Guard<'_> {
                 match parse_head(&self.buf) {
                     Ok(Some(head)) => break head,
                     Ok(None) => {
+                        if !self.buf.is_empty() {
+                            let started = *self.head_started.get_or_insert_with(Instant::now);
+                            if started.elapsed() > self.ctx.idle_timeout {
+                                return Stop::Refuse(ProxyError::ClientTimeout, ErrorShape::OpenAi);
+                            }
+                        }
                         if let Err(stop) = self.read_more() {
                             return stop;
                         }
@@ -122,6 +132,7 @@ impl Guard<'_> {
                     }
                 }
             };
+            self.head_started = None;
             let shape = self.ctx.shape_for(&head.target);
             let path = head.target.split('?').next().unwrap_or("");
             *line = Some((head.method.clone(), path.to_string()));
@@ -225,7 +236,10 @@ impl Guard<'_> {
                         continue;
                     }
                     let idle = self.last_progress.elapsed() >= self.ctx.idle_timeout;
-                    if start > 0 && idle {
+                    let head_late = self
+                        .head_started
+                        .is_some_and(|at| at.elapsed() > self.ctx.idle_timeout);
+                    if start > 0 && (idle || head_late) {
                         break Err(Stop::Refuse(ProxyError::ClientTimeout, ErrorShape::OpenAi));
                     }
                     if start == 0 && (idle || self.ctx.stopping.load(Ordering::SeqCst)) {

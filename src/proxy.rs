@@ -25,6 +25,8 @@ pub struct Limits {
     pub upstream_timeout: Duration,
     /// Longest a request waits for a cooling key.
     pub wait_for_key: Duration,
+    /// Longest a client may take to accept one piece of an answer.
+    pub client_timeout: Duration,
 }
 
 /// Everything a worker needs to forward a request.
@@ -63,6 +65,7 @@ impl Proxy {
                 cooldown: config.cooldown,
                 upstream_timeout: config.upstream_timeout,
                 wait_for_key: config.wait_for_key,
+                client_timeout: config.client_idle_timeout,
             },
             ids: Arc::new(RequestIds::default()),
             access: AccessTokens::new(config.proxy_tokens.clone()),

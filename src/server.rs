@@ -31,7 +31,7 @@ const WORKER_STACK: usize = 256 * 1024;
 /// Internal links from the guards into tiny_http. tiny_http hands over one request per link at
 /// a time, so links are what lets requests from different clients overlap; an idle link costs
 /// one parked thread.
-const LINKS: usize = 32;
+const LINKS: usize = 8;
 
 /// Settings for serving.
 #[derive(Debug, Clone, Copy)]
@@ -91,7 +91,12 @@ impl Listener {
                 .spawn(move || work(&tiny, &proxy, &registry, &probe_acks))?;
         }
         let bridge = Bridge::new(&socket_path, LINKS);
-        bridge.connect_all(&acks)?;
+        bridge.connect_all(&acks).map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("cannot open the internal links to tiny_http: {err} (raise ulimit -n?)"),
+            )
+        })?;
         let stopping = Arc::new(AtomicBool::new(false));
         let ctx = Arc::new(GuardContext {
             registry: Arc::clone(&registry),

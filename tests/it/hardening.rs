@@ -584,10 +584,10 @@ fn a_client_that_stops_reading_holds_the_worker_only_for_the_write_timeout() {
         wait_until(Duration::from_secs(5), || mock.count() >= 1),
         "the download never reached the upstream"
     );
-    // SO_SNDTIMEO bounds each send without progress, not the whole write: the kernel still lets a
-    // few bytes through now and then, so a worker is measured free after about 3x the timeout.
-    eventually_served(port, Duration::from_secs(15))
-        .expect("the only worker was still held 15 s after the client stopped reading");
+    // Each flushed piece of the answer must be taken within the timeout (2 s), even though the
+    // kernel still lets a few bytes through now and then: the worker is free well before 8 s.
+    eventually_served(port, Duration::from_secs(8))
+        .expect("the only worker was still held 8 s after the client stopped reading");
     let freed = started.elapsed();
     let line_logged = proxy.wait_log(Duration::from_secs(5), |lines| {
         find_request_line(lines, "/v1/files/huge").is_some()
@@ -600,6 +600,48 @@ fn a_client_that_stops_reading_holds_the_worker_only_for_the_write_timeout() {
     assert!(line.contains("aborted=client-gone"), "{line}");
     assert_running(&mut proxy, "a client that stopped reading");
     drop(stuck);
+}
+
+#[test]
+fn a_head_trickled_byte_by_byte_is_cut_off_after_the_idle_timeout() {
+    let mock = Mock::ok();
+    let proxy = proxy_to(&mock.url(), &[KEY], &[])
+        .env("CLIENT_IDLE_TIMEOUT_SECS", "2")
+        .start();
+    let mut slow = connect(proxy.port);
+    let started = Instant::now();
+    let head = b"GET /openai/v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut refused = false;
+    for byte in head.iter().take(40) {
+        // Each byte resets no clock: the head as a whole must arrive within 2 s.
+        if slow.write_all(&[*byte]).is_err() {
+            refused = true;
+            break;
+        }
+        let mut probe = [0u8; 256];
+        slow.set_read_timeout(Some(Duration::from_millis(250)))
+            .expect("read timeout");
+        match slow.read(&mut probe) {
+            Ok(0) => {
+                refused = true;
+                break;
+            }
+            Ok(n) => {
+                assert!(
+                    String::from_utf8_lossy(&probe[..n]).starts_with("HTTP/1.1 408"),
+                    "{:?}",
+                    String::from_utf8_lossy(&probe[..n])
+                );
+                refused = true;
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    let took = started.elapsed();
+    assert!(refused, "a head trickled for {took:?} was still accepted");
+    assert!(took < Duration::from_secs(6), "cut off only after {took:?}");
+    served_promptly(proxy.port, "after a trickled head");
 }
 
 const SSE_EVENTS: usize = 10;
