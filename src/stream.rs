@@ -46,16 +46,16 @@ const SIZE_LINE_ROOM: usize = 10;
 pub const RELAY_BUFFER: usize = 32 * 1024;
 
 /// A reusable relay buffer with room for a chunk's size line before the data and its CRLF
-/// after; one per worker, allocated once.
+/// after; one per worker, allocated on its first answer and kept (idle workers cost no buffer).
+#[derive(Default)]
 pub struct RelayBuffer {
-    bytes: Box<[u8]>,
+    bytes: Option<Box<[u8]>>,
 }
 
-impl Default for RelayBuffer {
-    fn default() -> Self {
-        RelayBuffer {
-            bytes: vec![0; SIZE_LINE_ROOM + RELAY_BUFFER + 2].into_boxed_slice(),
-        }
+impl RelayBuffer {
+    fn bytes(&mut self) -> &mut [u8] {
+        self.bytes
+            .get_or_insert_with(|| vec![0; SIZE_LINE_ROOM + RELAY_BUFFER + 2].into_boxed_slice())
     }
 }
 
@@ -72,7 +72,7 @@ pub fn relay_body(
     if framing == Framing::None {
         return send(client, &head).map(|_| 0);
     }
-    let buf = &mut buffer.bytes;
+    let buf = buffer.bytes();
     let mut pending_head = Some(head);
     let mut relayed = 0u64;
     loop {

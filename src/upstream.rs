@@ -16,10 +16,11 @@ pub fn agent(connect_timeout: Duration, upstream_timeout: Duration, workers: usi
         .allow_non_standard_methods(true)
         .user_agent(ureq::config::AutoHeaderValue::None)
         .accept(ureq::config::AutoHeaderValue::None)
-        // Idle connections kept per upstream host: one per worker, so a burst never has to
-        // reconnect (the default of 3 opened thousands of connections under load).
-        .max_idle_connections(workers.max(8))
-        .max_idle_connections_per_host(workers.max(8))
+        // Idle connections kept per upstream host: enough that a burst rarely reconnects (the
+        // default of 3 opened thousands of connections under load), few enough that finding one
+        // stays cheap (ureq searches its pool linearly on every request).
+        .max_idle_connections(workers.clamp(8, 64))
+        .max_idle_connections_per_host(workers.clamp(8, 64))
         .timeout_connect(Some(connect_timeout))
         .timeout_recv_response(Some(upstream_timeout))
         .timeout_send_body(Some(upstream_timeout))
