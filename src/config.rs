@@ -61,8 +61,8 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         name: "WORKERS",
-        default: "256",
-        meaning: "worker threads = most requests (and streams) forwarded at once",
+        default: "64",
+        meaning: "worker threads = most requests (and streams) forwarded at once; each busy one costs ~30 KiB",
     },
     Setting {
         name: "MAX_BODY_BYTES",
@@ -249,7 +249,7 @@ impl Config {
             proxy_tokens,
             host,
             port: number(&get, "PORT", 3000, 0, u16::MAX as u64)? as u16,
-            workers: number(&get, "WORKERS", 256, 1, 16_384)? as usize,
+            workers: number(&get, "WORKERS", 64, 1, 16_384)? as usize,
             max_body_bytes: number(&get, "MAX_BODY_BYTES", 32 * 1024 * 1024, 1, 1 << 40)?,
             connect_timeout: secs(&get, "CONNECT_TIMEOUT_SECS", 10)?,
             upstream_timeout: secs(&get, "UPSTREAM_TIMEOUT_SECS", 300)?,

@@ -4,7 +4,7 @@
 use std::ops::Range;
 
 /// Largest request head (request line and headers) accepted; larger answers 431.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 
 /// Most header lines accepted in one head.
 pub const MAX_HEADERS: usize = 128;
