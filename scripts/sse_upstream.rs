@@ -32,7 +32,7 @@ const USAGE: &str = "\
 usage: sse-upstream serve   [--port P] [--events 20] [--interval-ms 50]
        sse-upstream client  --addr 127.0.0.1:P [--path /openai/v1/chat/completions]
                             [--streams 1000] [--events 20] [--stall-secs 5]
-                            [--deadline-secs 60] [--watch-pid PID]
+                            [--deadline-secs 60] [--ramp-ms 500] [--watch-pid PID]
        sse-upstream conns   --addr 127.0.0.1:P [--path /openai/v1/chat/completions]
                             [--conns 64] [--secs 5] [--starve-ms 1000] [--body JSON]
        sse-upstream startup --bin PATH --dir DIR --port P [--runs 5]
@@ -97,6 +97,7 @@ fn client_mode(args: &Args) -> Result<(), String> {
         events: args.get("events", Some(20))?,
         stall: Duration::from_secs(args.get("stall-secs", Some(5))?),
         deadline: Duration::from_secs(args.get("deadline-secs", Some(60))?),
+        ramp: Duration::from_millis(args.get("ramp-ms", Some(500))?),
         watch_pid: args
             .all("watch-pid")
             .last()

@@ -1,7 +1,8 @@
-//! The streaming client: opens many concurrent SSE streams through the proxy at once (one
-//! thread each, raw HTTP/1.1), and for every event records how long after the upstream wrote
-//! it the client read it. Reports delay percentiles, streams that stalled or failed, and
-//! optionally the proxy's peak memory while the streams ran.
+//! The streaming client: opens many concurrent SSE streams through the proxy (one thread each,
+//! raw HTTP/1.1), spread evenly over a short ramp so that the kernel's listen queues, not the
+//! proxy, are not what is measured, and for every event records how long after the upstream
+//! wrote it the client read it. Reports delay percentiles, streams that stalled or failed, the
+//! peak number of streams open at once, and optionally the proxy's peak memory meanwhile.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Write};
@@ -35,6 +36,8 @@ pub struct Options {
     pub deadline: Duration,
     /// Process whose memory is sampled during the run.
     pub watch_pid: Option<u32>,
+    /// Stream `i` starts `ramp * i / streams` after the first.
+    pub ramp: Duration,
 }
 
 /// How one stream ended.
@@ -51,6 +54,8 @@ struct StreamReport {
     delays_us: Vec<u64>,
     /// Request sent to first event read.
     first_event_us: Option<u64>,
+    /// When the stream was opened and when it ended, from the common start.
+    open: Option<(Duration, Duration)>,
 }
 
 /// Runs all streams at once and prints one `RESULT` line on stdout.
@@ -58,14 +63,17 @@ pub fn run(options: Options) -> Result<(), String> {
     let options = Arc::new(options);
     let barrier = Arc::new(Barrier::new(options.streams + 1));
     let mut handles = Vec::with_capacity(options.streams);
+    let epoch = Instant::now();
     for index in 0..options.streams {
         let options = Arc::clone(&options);
         let barrier = Arc::clone(&barrier);
+        let delay = options.ramp.mul_f64(index as f64 / options.streams as f64);
         let handle = thread::Builder::new()
             .stack_size(STREAM_STACK)
             .spawn(move || {
                 barrier.wait();
-                run_stream(&options)
+                thread::sleep(delay);
+                run_stream(&options, epoch)
             })
             .map_err(|e| format!("cannot start stream thread {index}: {e}"))?;
         handles.push(handle);
@@ -91,19 +99,41 @@ fn failed(message: &str) -> StreamReport {
         outcome: Outcome::Failed(message.to_string()),
         delays_us: Vec::new(),
         first_event_us: None,
+        open: None,
     }
 }
 
-fn run_stream(options: &Options) -> StreamReport {
+fn run_stream(options: &Options, epoch: Instant) -> StreamReport {
     let mut report = StreamReport {
         outcome: Outcome::Ok,
         delays_us: Vec::with_capacity(options.events as usize),
         first_event_us: None,
+        open: None,
     };
+    let opened = epoch.elapsed();
     if let Err(outcome) = stream_once(options, &mut report) {
         report.outcome = outcome;
     }
+    report.open = Some((opened, epoch.elapsed()));
     report
+}
+
+/// The most streams open at the same moment.
+fn peak_concurrency(reports: &[StreamReport]) -> usize {
+    let mut edges: Vec<(Duration, i32)> = reports
+        .iter()
+        .filter_map(|r| r.open)
+        .flat_map(|(from, to)| [(from, 1), (to, -1)])
+        .collect();
+    // Ends sort before starts at the same instant: touching intervals do not overlap.
+    edges.sort_unstable();
+    let mut open = 0i32;
+    let mut peak = 0i32;
+    for (_, step) in edges {
+        open += step;
+        peak = peak.max(open);
+    }
+    peak as usize
 }
 
 /// A read error as an outcome: silence is a stall, anything else a failure.
@@ -258,10 +288,11 @@ fn print_summary(
     let failed = count(reports, |o| matches!(o, Outcome::Failed(_)));
     print_failure_reasons(reports);
     println!(
-        "RESULT streams={} ok={ok} stalled={stalled} failed={failed} events={} \
+        "RESULT streams={} concurrent_peak={} ok={ok} stalled={stalled} failed={failed} events={} \
 delay_p50_ms={:.3} delay_p99_ms={:.3} delay_max_ms={:.3} first_event_p50_ms={:.3} \
 first_event_max_ms={:.3} rss_peak_kib={} threads_peak={} wall_s={:.2}",
         options.streams,
+        peak_concurrency(reports),
         delays.len(),
         percentile_ms(&delays, 50.0),
         percentile_ms(&delays, 99.0),
@@ -313,6 +344,16 @@ mod tests {
         assert_eq!(delays, vec![500, 800]);
         assert!(parser.done);
         assert!(check_complete(&parser, 2).is_ok());
+    }
+
+    #[test]
+    fn peak_concurrency_counts_overlaps_only() {
+        let report = |from: u64, to: u64| StreamReport {
+            open: Some((Duration::from_millis(from), Duration::from_millis(to))),
+            ..failed("")
+        };
+        let reports = [report(0, 10), report(5, 15), report(10, 20), report(12, 13)];
+        assert_eq!(peak_concurrency(&reports), 3);
     }
 
     #[test]
