@@ -136,9 +136,10 @@ fn status(proxy: &Proxy) -> String {
         ));
     }
     format!(
-        r#"{{"status":"ok","version":{},"uptime_secs":{},"in_flight":{},"workers_busy":{},"providers":[{}]}}"#,
+        r#"{{"status":"ok","version":{},"uptime_secs":{},"connections":{},"in_flight":{},"workers_busy":{},"providers":[{}]}}"#,
         quote(env!("CARGO_PKG_VERSION")),
         proxy.started.elapsed().as_secs(),
+        proxy.registry.len(),
         proxy.registry.in_flight(),
         proxy.metrics.workers_busy(),
         providers.join(",")
@@ -248,6 +249,12 @@ fn metrics(proxy: &Proxy) -> String {
         "keyrelay_in_flight_requests {}",
         proxy.registry.in_flight()
     );
+    let _ = writeln!(
+        out,
+        "# HELP keyrelay_client_connections Open client connections."
+    );
+    let _ = writeln!(out, "# TYPE keyrelay_client_connections gauge");
+    let _ = writeln!(out, "keyrelay_client_connections {}", proxy.registry.len());
     let _ = writeln!(
         out,
         "# HELP keyrelay_workers_busy Worker threads handling a request."

@@ -8,6 +8,7 @@ mod hardening;
 mod keys;
 mod logging;
 mod nginx;
+mod ops;
 mod providers;
 mod relay;
 mod rotation;
