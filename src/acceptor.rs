@@ -14,7 +14,7 @@ use log::{error, warn};
 use crate::guard::{self, GuardContext, TICK};
 
 /// Stack size of a guard thread: it parses heads and copies bytes, nothing deep.
-const GUARD_STACK: usize = 128 * 1024;
+const GUARD_STACK: usize = 256 * 1024;
 
 /// Pause after an accept error such as EMFILE before trying again; the pending connection waits
 /// in the kernel's backlog meanwhile.
