@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// One accepted client connection.
@@ -19,9 +19,31 @@ pub struct ClientConn {
     turn: Mutex<()>,
     in_flight: AtomicUsize,
     guard_done: AtomicBool,
+    answered: (Mutex<()>, Condvar),
 }
 
 impl ClientConn {
+    /// Blocks until every request forwarded on this connection has been answered. The guard
+    /// hands on one request at a time, so pipelined requests cannot pile up on workers, and its
+    /// own refusals never overtake an answer.
+    pub fn wait_until_answered(&self) {
+        let (lock, signal) = &self.answered;
+        let mut guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while self.in_flight() > 0 {
+            // The timeout only guards against a missed wake-up; answers notify.
+            guard = signal
+                .wait_timeout(guard, Duration::from_millis(500))
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+    }
+
+    fn notify_answered(&self) {
+        let (lock, signal) = &self.answered;
+        let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        signal.notify_all();
+    }
+
     /// Exclusive right to write a response on this connection; held for a whole response so
     /// answers to pipelined requests never interleave.
     pub fn take_turn(&self) -> MutexGuard<'_, ()> {
@@ -118,6 +140,7 @@ impl Registry {
             turn: Mutex::new(()),
             in_flight: AtomicUsize::new(0),
             guard_done: AtomicBool::new(false),
+            answered: (Mutex::new(()), Condvar::new()),
         });
         self.map().insert(id, Arc::clone(&conn));
         conn
@@ -138,8 +161,11 @@ impl Registry {
     pub fn request_done(&self, conn: &ClientConn) {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         let left = conn.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
-        if left == 0 && conn.guard_done.load(Ordering::SeqCst) {
-            self.map().remove(&conn.id);
+        if left == 0 {
+            conn.notify_answered();
+            if conn.guard_done.load(Ordering::SeqCst) {
+                self.map().remove(&conn.id);
+            }
         }
     }
 

@@ -325,7 +325,7 @@ fn parse_providers(
             None => known.map_or(AuthStyle::Bearer, |k| k.auth.style()),
         };
         providers.push(ProviderConfig {
-            keys: parse_keys(get(&format!("{prefix}_API_KEYS")).as_deref().unwrap_or("")),
+            keys: checked_keys(&format!("{prefix}_API_KEYS"), get)?,
             base_url,
             auth,
             shape: known.map_or(ErrorShape::OpenAi, |k| k.shape),
@@ -333,6 +333,28 @@ fn parse_providers(
         });
     }
     Ok(providers)
+}
+
+/// The keys in `var`, refusing any that could not travel in a header or a URL unchanged
+/// (the message never shows the key).
+fn checked_keys(
+    var: &str,
+    get: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<ApiKey>, ConfigError> {
+    let keys = parse_keys(get(var).as_deref().unwrap_or(""));
+    if let Some(at) = keys
+        .iter()
+        .position(|k| !k.secret().bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(ConfigError::Invalid {
+            var: var.to_string(),
+            reason: format!(
+                "key #{} contains spaces, control or non-ASCII characters; check for a stray quote or paste error",
+                at + 1
+            ),
+        });
+    }
+    Ok(keys)
 }
 
 /// `bearer`, `header:<name>` or `query:<param>`.
@@ -382,6 +404,10 @@ fn parse_base_url(var: &str, value: &str) -> Result<String, ConfigError> {
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     if host.is_empty() || host.contains(char::is_whitespace) {
         return Err(invalid("has no host"));
+    }
+    if host.contains('@') {
+        // It would be shown in /status, logs and error bodies; keys go in <NAME>_API_KEYS.
+        return Err(invalid("must not carry credentials (user:password@)"));
     }
     if rest.contains(['?', '#']) {
         return Err(invalid("must not carry a query or fragment"));

@@ -41,6 +41,11 @@ pub enum ProxyError {
         /// Upstream host (never a URL with a query).
         host: String,
     },
+    /// The upstream broke the connection or answered garbage after the request was sent.
+    UpstreamFailed {
+        /// Upstream host.
+        host: String,
+    },
     /// The upstream did not answer in time after the request was sent.
     Timeout {
         /// Upstream host.
@@ -112,6 +117,11 @@ impl ProxyError {
                 502,
                 "upstream_unreachable",
                 format!("Could not reach the upstream {host} with any key; check its base URL and the network, then retry."),
+            ),
+            ProxyError::UpstreamFailed { host } => (
+                502,
+                "upstream_failed",
+                format!("The upstream {host} closed the connection or sent an invalid answer after receiving the request; it was not retried with another key because it may have been processed. Retry if that is safe."),
             ),
             ProxyError::Timeout { host, secs } => (
                 504,
@@ -244,6 +254,7 @@ mod tests {
                 429,
             ),
             (ProxyError::Unreachable { host: "h".into() }, 502),
+            (ProxyError::UpstreamFailed { host: "h".into() }, 502),
             (
                 ProxyError::Timeout {
                     host: "h".into(),

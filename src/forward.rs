@@ -34,6 +34,8 @@ struct Report {
     attempts: u32,
     key: Option<String>,
     note: &'static str,
+    /// The answer ends when the connection closes (HTTP/1.0 without a length).
+    ends_with_close: bool,
 }
 
 /// What the client's request line and headers say about how to answer it.
@@ -144,7 +146,9 @@ pub fn handle(
     *started = true;
     let mut out = conn.writer(proxy.limits.client_timeout);
     let report = deliver(&mut out, &client, answer, buffer);
-    if client.wants_close {
+    // A connection whose answer was cut short, or that the answer ends by closing, cannot
+    // carry another request.
+    if client.wants_close || report.ends_with_close || !report.note.is_empty() {
         let _ = conn.tcp.shutdown(Shutdown::Both);
     }
     let (name, rest) = split_route(path);
@@ -341,7 +345,9 @@ impl UpstreamRequest {
         match &provider.auth {
             AuthStyle::Query(param) => {
                 let separator = if self.url.contains('?') { '&' } else { '?' };
-                format!("{}{separator}{param}={key}", self.url).parse().ok()
+                format!("{}{separator}{param}={}", self.url, percent_encode(key))
+                    .parse()
+                    .ok()
             }
             _ => self.url.parse().ok(),
         }
@@ -470,6 +476,20 @@ fn try_round(
                         attempts: *attempts,
                     });
                 }
+                Err(CallFailure::Failed(why)) => {
+                    pool.record(index, AttemptClass::Unreachable);
+                    debug!(
+                        "{} key={} upstream failed after the request was sent: {why}",
+                        provider.name, key
+                    );
+                    return Ok(Answer::Error {
+                        error: ProxyError::UpstreamFailed {
+                            host: provider.host.clone(),
+                        },
+                        shape: provider.shape,
+                        attempts: *attempts,
+                    });
+                }
                 Err(CallFailure::Unreachable(why)) => {
                     pool.record(index, AttemptClass::Unreachable);
                     debug!("{} key={} unreachable: {why}", provider.name, key);
@@ -588,6 +608,7 @@ fn deliver(
                 attempts,
                 key: None,
                 note,
+                ends_with_close: false,
             }
         }
         Answer::Page(page) => {
@@ -605,6 +626,7 @@ fn deliver(
                 attempts: 0,
                 key: None,
                 note,
+                ends_with_close: false,
             }
         }
         Answer::Saved {
@@ -618,6 +640,7 @@ fn deliver(
                 attempts,
                 key: Some(key),
                 note,
+                ends_with_close: false,
             }
         }
         Answer::Live {
@@ -645,6 +668,7 @@ fn deliver(
                 attempts,
                 key: Some(key),
                 note: relay_note(&result),
+                ends_with_close: framing == Framing::UntilClose,
             }
         }
     }
@@ -672,6 +696,19 @@ fn relay_note(result: &Result<u64, RelayError>) -> &'static str {
         Err(RelayError::ClientGone(_)) => " aborted=client-gone",
         Err(RelayError::Upstream(_)) => " aborted=upstream-failed",
     }
+}
+
+/// A key as a query value: unreserved characters as they are, everything else %XX.
+fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// Responses that never carry a body, whatever their headers say.

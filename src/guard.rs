@@ -151,6 +151,7 @@ impl Guard<'_> {
                 close,
             );
             self.buf.drain(..head.len + body.consumed);
+            self.conn.wait_until_answered();
             self.ctx.registry.request_forwarded(self.conn);
             if let Err(err) = self.ctx.bridge.send(self.conn.id, &forwarded, &body.bytes) {
                 log::error!("cannot hand a request to tiny_http: {err}");
@@ -171,23 +172,29 @@ impl Guard<'_> {
             self.continue_if_expected(head)?;
             let mut decoder = ChunkedDecoder::default();
             let mut bytes = Vec::new();
-            let mut at = head.len;
+            // Framing bytes (size lines, extensions, trailers) count too, so a body of tiny
+            // chunks with long extensions, or endless trailers, cannot run on unbounded.
+            let raw_budget = limit.saturating_mul(2).saturating_add(64 * 1024);
+            let mut raw_seen = 0u64;
             loop {
+                let at = head.len;
                 let malformed = |_| Stop::Refuse(ProxyError::BadBody, ErrorShape::OpenAi);
                 let (used, done) = decoder
                     .decode(&self.buf[at..], &mut bytes)
                     .map_err(malformed)?;
-                at += used;
-                if bytes.len() as u64 > limit {
+                raw_seen += used as u64;
+                if bytes.len() as u64 > limit || raw_seen > raw_budget {
                     return Err(too_large());
                 }
                 if done {
                     return Ok(Body {
                         bytes,
-                        consumed: at - head.len,
+                        consumed: used,
                     });
                 }
-                self.buf.truncate(at);
+                // Decoded bytes are kept in `bytes`; drop their raw form so the buffer holds
+                // at most the head and one read.
+                self.buf.drain(at..at + used);
                 self.read_more()?;
             }
         }
@@ -210,6 +217,7 @@ impl Guard<'_> {
 
     fn continue_if_expected(&mut self, head: &Head) -> Result<(), Stop> {
         if head.expect_continue && self.buf.len() == head.len {
+            self.conn.wait_until_answered();
             let _turn = self.conn.take_turn();
             (&self.conn.tcp)
                 .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -284,6 +292,7 @@ impl Guard<'_> {
         response.push_str("\r\n");
         response.push_str(&answer.body);
         {
+            self.conn.wait_until_answered();
             let _turn = self.conn.take_turn();
             let _ = (&self.conn.tcp).write_all(response.as_bytes());
         }

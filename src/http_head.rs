@@ -99,6 +99,10 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     {
         return Err(HeadError::Malformed("control or non-ASCII byte"));
     }
+    // A carriage return must end a line: a bare one could forge log lines downstream.
+    if text.windows(2).any(|w| w[0] == b'\r' && w[1] != b'\n') {
+        return Err(HeadError::Malformed("bare carriage return"));
+    }
     let mut lines = LineIter {
         buf,
         pos: skip,
@@ -137,18 +141,24 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     Ok(Some(head))
 }
 
+/// The end of the head: the first blank line, `\r\n\r\n` or a tolerated bare `\n\n`, whichever
+/// comes first.
 fn find_head_end(buf: &[u8]) -> Option<usize> {
     let limit = buf.len().min(MAX_HEAD_BYTES + 4);
-    buf[..limit]
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|at| at + 4)
-        .or_else(|| {
-            buf[..limit]
-                .windows(2)
-                .position(|w| w == b"\n\n")
-                .map(|at| at + 2)
-        })
+    let mut previous_newline: Option<usize> = None;
+    for (at, &byte) in buf[..limit].iter().enumerate() {
+        if byte != b'\n' {
+            continue;
+        }
+        if let Some(prev) = previous_newline {
+            let between = &buf[prev + 1..at];
+            if between.is_empty() || between == b"\r" {
+                return Some(at + 1);
+            }
+        }
+        previous_newline = Some(at);
+    }
+    None
 }
 
 struct LineIter<'a> {
@@ -298,6 +308,14 @@ mod tests {
     }
 
     #[test]
+    fn the_first_blank_line_ends_the_head() {
+        let text = b"POST /a HTTP/1.1\nContent-Length: 5\n\nhelloGET /b HTTP/1.1\r\n\r\n";
+        let head = parse_head(text).unwrap().unwrap();
+        assert_eq!(head.target, "/a");
+        assert_eq!(&text[head.len..head.len + 5], b"hello");
+    }
+
+    #[test]
     fn incomplete_heads_ask_for_more() {
         for text in ["", "GET / HTTP/1.1\r\n", "GET / HTTP/1.1\r\nHost: x\r\n\r"] {
             assert_eq!(parse(text), Ok(None), "{text:?}");
@@ -350,6 +368,10 @@ mod tests {
             (
                 "GET / HTTP/1.1\r\nNoColon\r\n\r\n".into(),
                 HeadError::Malformed("header without colon"),
+            ),
+            (
+                "GET /a\rFAKE HTTP/1.1\r\n\r\n".into(),
+                HeadError::Malformed("bare carriage return"),
             ),
             (
                 "GET / HTTP/1.1\r\nX: caf\u{e9}\r\n\r\n".into(),

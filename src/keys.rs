@@ -158,6 +158,9 @@ struct PoolState {
     slots: Vec<KeySlot>,
 }
 
+/// Most per-model cooldowns one key holds at once.
+pub const MAX_MODEL_BENCHES: usize = 32;
+
 /// The keys of one provider with their cooldowns.
 pub struct KeyPool {
     keys: Vec<ApiKey>,
@@ -239,6 +242,15 @@ impl KeyPool {
     pub fn bench(&self, index: usize, model: Option<&str>, until: Instant, reason: BenchReason) {
         let mut state = self.lock();
         let benches = &mut state.slots[index].benches;
+        // Ended cooldowns go; and since model names come from clients, a key collecting too
+        // many model cooldowns is benched as a whole instead.
+        let now = Instant::now();
+        benches.retain(|bench| bench.until > now);
+        let model = if model.is_some() && benches.len() >= MAX_MODEL_BENCHES {
+            None
+        } else {
+            model
+        };
         match benches.iter_mut().find(|b| b.model.as_deref() == model) {
             Some(existing) if existing.until >= until => {}
             Some(existing) => {
@@ -399,6 +411,19 @@ mod tests {
             BenchReason::Rejected(401),
         );
         assert!(!pool.is_ready(0, Some("gpt-4o-mini"), now));
+    }
+
+    #[test]
+    fn too_many_model_cooldowns_bench_the_whole_key() {
+        let pool = pool(1);
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        for i in 0..MAX_MODEL_BENCHES {
+            pool.bench(0, Some(&format!("m{i}")), later, BenchReason::RateLimited);
+        }
+        assert!(pool.is_ready(0, Some("other"), now));
+        pool.bench(0, Some("one-too-many"), later, BenchReason::RateLimited);
+        assert!(!pool.is_ready(0, Some("other"), now), "whole key benched");
     }
 
     #[test]

@@ -95,7 +95,7 @@ impl Provider {
         if self.shape == ErrorShape::Gemini {
             let after = rest.split_once("models/")?.1;
             let model = after.split([':', '/', '?']).next()?;
-            return (!model.is_empty()).then(|| model.to_string());
+            return (!model.is_empty() && model.len() <= 200).then(|| model.to_string());
         }
         json::first_string_field(body, "model")
             .filter(|m| !m.is_empty() && m.len() <= 200)

@@ -125,14 +125,16 @@ impl Listener {
             registry.busy()
         );
         stopping.store(true, Ordering::SeqCst);
-        acceptor::wake(self.addr);
-        let _ = acceptor.join();
         thread::spawn(move || {
             if signals.forever().any(|signal| signal != SIGHUP) {
                 warn!("second signal: exiting now");
                 std::process::exit(1);
             }
         });
+        acceptor::wake(self.addr);
+        // The acceptor closes the listener when it sees `stopping`; if the wake-up connection
+        // could not be made, it does so on the next connection, and the drain goes on anyway.
+        drop(acceptor);
         let drained = wait_until_idle(&registry, settings.shutdown_grace);
         let _ = std::fs::remove_dir_all(&socket_dir);
         if drained {

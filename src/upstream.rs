@@ -44,9 +44,12 @@ pub fn agent(connect_timeout: Duration, upstream_timeout: Duration, workers: usi
 /// Why an upstream call produced no answer.
 #[derive(Debug)]
 pub enum CallFailure {
-    /// Nothing reached the upstream (refused, DNS, TLS handshake, connect timeout), or it closed
-    /// the connection without answering. Safe to try the next key.
+    /// Nothing reached the upstream (refused, DNS, TLS handshake, connect timeout). Safe to try
+    /// the next key.
     Unreachable(String),
+    /// The connection broke or the answer was malformed after the request was sent. Not
+    /// retried, for the same reason as a timeout.
+    Failed(String),
     /// The request was sent and the upstream went silent. Not retried: the generation may be
     /// running, and billed.
     TimedOut,
@@ -83,13 +86,26 @@ fn classify(err: &ureq::Error) -> CallFailure {
         }
         E::Timeout(_) => CallFailure::TimedOut,
         E::Io(io) if io.kind() == io::ErrorKind::TimedOut => CallFailure::TimedOut,
-        E::Io(io) => CallFailure::Unreachable(io.kind().to_string()),
+        E::Io(io)
+            if matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::AddrNotAvailable
+                    | io::ErrorKind::NetworkUnreachable
+                    | io::ErrorKind::HostUnreachable
+            ) =>
+        {
+            CallFailure::Unreachable(io.kind().to_string())
+        }
+        // A reset or a garbled answer after the request went out: the upstream may be
+        // generating (and billing) it, so no other key is tried.
+        E::Io(io) => CallFailure::Failed(io.kind().to_string()),
         E::HostNotFound => CallFailure::Unreachable("host not found".into()),
         E::ConnectionFailed => CallFailure::Unreachable("connection failed".into()),
         E::Tls(reason) => CallFailure::Unreachable(format!("TLS: {reason}")),
         E::Rustls(_) => CallFailure::Unreachable("TLS handshake failed".into()),
-        E::Protocol(_) => CallFailure::Unreachable("malformed upstream answer".into()),
+        E::Protocol(_) => CallFailure::Failed("malformed upstream answer".into()),
         // Other variants can carry the URL; a URL may hold a key for query-auth providers.
-        _ => CallFailure::Unreachable("request failed".into()),
+        _ => CallFailure::Failed("request failed".into()),
     }
 }

@@ -10,7 +10,7 @@ pub fn parse_http_date(value: &str) -> Option<SystemTime> {
     let day: u64 = parts.next()?.parse().ok()?;
     let month_name = parts.next()?;
     let month = MONTHS.iter().position(|m| *m == month_name)? as u64 + 1;
-    let year: u64 = parts.next()?.parse().ok()?;
+    let year: u64 = parts.next()?.parse().ok().filter(|y| *y <= 9999)?;
     let mut clock = parts.next()?.split(':').map(|p| p.parse::<u64>().ok());
     let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
     if parts.next()? != "GMT" || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60

@@ -841,3 +841,75 @@ fn running_out_of_descriptors_does_not_stop_the_accept_loop_for_good() {
     );
     assert_running(&mut proxy, "descriptors freed");
 }
+
+#[test]
+fn endless_chunked_trailers_are_refused_in_bounded_memory() {
+    let mock = Mock::ok();
+    let mut proxy = proxy_to(&mock.url(), &[KEY], &[])
+        .env("MAX_BODY_BYTES", "1000")
+        .start();
+    let mut stream = connect(proxy.port);
+    let head = b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n";
+    stream.write_all(head).expect("send head");
+    let trailers = b"X-Trailer: yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\r\n".repeat(200);
+    let mut sent = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // The framing budget is 2 x 1000 + 64 KiB; keep going far past it (bounded: 64 MiB, 10 s),
+    // so a proxy that buffered trailers would show it in its peak memory.
+    while sent < 64 << 20 && Instant::now() < deadline {
+        if stream.write_all(&trailers).is_err() {
+            break;
+        }
+        sent += trailers.len();
+    }
+    let (received, _) = read_until_closed(&mut stream, Instant::now() + READ_TIMEOUT);
+    let outcome = status_of(&received);
+    assert!(
+        matches!(outcome, Outcome::Status(413) | Outcome::Closed),
+        "after {sent} bytes of trailers: {:?}",
+        String::from_utf8_lossy(&received)
+    );
+    let usage = procfs::usage(proxy.pid());
+    eprintln!(
+        "endless trailers: {sent} bytes sent, proxy VmHWM {} KiB",
+        usage.hwm_kib
+    );
+    assert!(usage.hwm_kib < 60 * 1024, "memory grew: {usage:?}");
+    assert_eq!(mock.count(), 0, "nothing reached the upstream");
+    assert_running(&mut proxy, "endless chunked trailers");
+}
+
+#[test]
+fn pipelined_requests_are_answered_one_at_a_time_in_order() {
+    let mock = Mock::start(|r| {
+        let reply = Reply::json(200, &format!(r#"{{"path":"{}"}}"#, r.url));
+        if r.url.contains("slow") {
+            reply.delay(Duration::from_millis(300))
+        } else {
+            reply
+        }
+    });
+    let proxy = proxy_to(&mock.url(), &[KEY], &[]).start();
+    let mut stream = connect(proxy.port);
+    let mut batch = Vec::new();
+    for path in ["/openai/v1/slow", "/openai/v1/fast", "/openai/v1/last"] {
+        batch.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    }
+    batch.extend_from_slice(b"GET /openai/v1/bye HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(&batch).expect("send the pipelined batch");
+    let (received, closed) = read_until_closed(&mut stream, Instant::now() + READ_TIMEOUT);
+    assert!(closed, "the connection closes after the last request");
+    let text = String::from_utf8_lossy(&received);
+    let order: Vec<usize> = ["/v1/slow", "/v1/fast", "/v1/last", "/v1/bye"]
+        .iter()
+        .map(|p| {
+            text.find(p)
+                .unwrap_or_else(|| panic!("no answer for {p}: {text}"))
+        })
+        .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "answers out of order: {text}"
+    );
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 4, "{text}");
+}
