@@ -27,6 +27,9 @@ impl ClientConn {
     /// hands on one request at a time, so pipelined requests cannot pile up on workers, and its
     /// own refusals never overtake an answer.
     pub fn wait_until_answered(&self) {
+        if self.in_flight() == 0 {
+            return;
+        }
         let (lock, signal) = &self.answered;
         let mut guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         while self.in_flight() > 0 {

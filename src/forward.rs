@@ -125,6 +125,15 @@ struct SavedAnswer {
     body: Vec<u8>,
 }
 
+/// How far a request's handling got, for the worker to finish up after a panic.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// The first byte of the answer may have been written: a failure can only close.
+    pub started: bool,
+    /// The answer is complete and counted as done.
+    pub answered: bool,
+}
+
 /// Handles one request completely, answering on `conn`, and logs it. `started` turns true once
 /// the first byte of the answer may have been written (after that, a failure can only close
 /// the connection).
@@ -133,7 +142,7 @@ pub fn handle(
     request: Request,
     conn: &ClientConn,
     buffer: &mut RelayBuffer,
-    started: &mut bool,
+    progress: &mut Progress,
 ) {
     let started_at = Instant::now();
     let incoming = Incoming::take(request, proxy.limits.max_body_bytes);
@@ -143,7 +152,7 @@ pub fn handle(
     let client = client_info(proxy, &incoming);
     let providers = proxy.providers();
     let answer = decide(proxy, &providers, &incoming, path, query, &client.id);
-    *started = true;
+    progress.started = true;
     let mut out = conn.writer(proxy.limits.client_timeout);
     let report = deliver(&mut out, &client, answer, buffer);
     // A connection whose answer was cut short, or that the answer ends by closing, cannot
@@ -151,6 +160,10 @@ pub fn handle(
     if client.wants_close || report.ends_with_close || !report.note.is_empty() {
         let _ = conn.tcp.shutdown(Shutdown::Both);
     }
+    // Counted as answered before the bookkeeping below, so the guard can hand on the client's
+    // next request at once.
+    proxy.registry.request_done(conn);
+    progress.answered = true;
     let (name, rest) = split_route(path);
     let provider_label = match (providers.iter().any(|p| p.name == name), Page::at(path)) {
         (true, _) => name,

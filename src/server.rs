@@ -20,7 +20,7 @@ use signal_hook::iterator::Signals;
 use crate::acceptor;
 use crate::bridge::{Bridge, PROBE_HEADER};
 use crate::client_conn::Registry;
-use crate::forward;
+use crate::forward::{self, Progress};
 use crate::guard::{CONN_HEADER, GuardContext};
 use crate::proxy::Proxy;
 use crate::stream::RelayBuffer;
@@ -206,12 +206,12 @@ fn work(tiny: &tiny_http::Server, proxy: &Proxy, registry: &Registry, probe_acks
         };
         let _busy = proxy.metrics.worker_busy();
         let turn = conn.take_turn();
-        let mut started = false;
+        let mut progress = Progress::default();
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-            forward::handle(proxy, request, &conn, &mut buffer, &mut started);
+            forward::handle(proxy, request, &conn, &mut buffer, &mut progress);
         }));
-        if outcome.is_err() {
-            if started {
+        if outcome.is_err() && !progress.answered {
+            if progress.started {
                 // Part of an answer may be out; the only honest ending is to close.
                 let _ = conn.tcp.shutdown(Shutdown::Both);
             } else {
@@ -222,6 +222,8 @@ fn work(tiny: &tiny_http::Server, proxy: &Proxy, registry: &Registry, probe_acks
             );
         }
         drop(turn);
-        registry.request_done(&conn);
+        if !progress.answered {
+            registry.request_done(&conn);
+        }
     }
 }
