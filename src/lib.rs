@@ -27,6 +27,7 @@
 pub mod acceptor;
 pub mod access;
 pub mod admin;
+mod attempt;
 pub mod bridge;
 pub mod catalog;
 pub mod chunked;
@@ -46,6 +47,7 @@ pub mod outcome;
 pub mod provider;
 pub mod proxy;
 pub mod request_id;
+mod respond;
 pub mod server;
 pub mod stream;
 pub mod upstream;

@@ -1,0 +1,351 @@
+//! Choosing the answer: the upstream request built once, then attempts over the keys from one
+//! ticket (each key once, cooldowns per model, waiting for a key when allowed), ending in a live
+//! answer to relay, a saved failure to pass on, or an error keyrelay writes itself.
+
+use std::io::Read;
+use std::thread;
+use std::time::{Instant, SystemTime};
+
+use log::{debug, warn};
+use ureq::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+
+use crate::admin::Rendered;
+use crate::config::REJECTED_KEY_BENCH;
+use crate::error::ProxyError;
+use crate::forward::Incoming;
+use crate::headers::{connection_tokens, forward_request_header};
+use crate::keys::{AttemptClass, BenchReason};
+use crate::outcome::{Verdict, rate_limit_cooldown, verdict};
+use crate::provider::{AuthStyle, ErrorShape, Provider};
+use crate::proxy::Proxy;
+use crate::upstream::{self, CallFailure};
+
+/// Largest error body from upstream kept to relay or to read a retry delay from.
+const MAX_ERROR_BODY: u64 = 1024 * 1024;
+
+/// How the request is answered, decided before the client connection is written to.
+pub(crate) enum Answer {
+    /// An error keyrelay writes itself.
+    Error {
+        error: ProxyError,
+        shape: ErrorShape,
+        attempts: u32,
+    },
+    /// An upstream answer, relayed as it streams in.
+    Live {
+        response: ureq::http::Response<ureq::Body>,
+        attempts: u32,
+        key: String,
+    },
+    /// One of keyrelay's own pages.
+    Page(Rendered),
+    /// An upstream answer already read (the last 401/403/5xx after every key failed).
+    Saved {
+        answer: SavedAnswer,
+        attempts: u32,
+        key: String,
+    },
+}
+
+/// A complete upstream answer held in memory.
+pub(crate) struct SavedAnswer {
+    pub(crate) status: u16,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Vec<u8>,
+}
+
+/// The parts of the upstream request that are the same for every attempt.
+pub(crate) struct UpstreamRequest {
+    pub(crate) method: Method,
+    pub(crate) url: String,
+    pub(crate) headers: HeaderMap,
+    pub(crate) has_body: bool,
+}
+
+impl UpstreamRequest {
+    pub(crate) fn new(
+        incoming: &Incoming,
+        provider: &Provider,
+        rest: &str,
+        query: &str,
+        request_id: &str,
+    ) -> Option<UpstreamRequest> {
+        let method = Method::from_bytes(incoming.method.as_bytes()).ok()?;
+        let tokens = connection_tokens(incoming.header("connection"));
+        let mut headers = HeaderMap::with_capacity(incoming.headers.len() + 2);
+        for (name, value) in &incoming.headers {
+            if !forward_request_header(name, &tokens) || provider.is_credential_header(name) {
+                continue;
+            }
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(value.as_bytes()),
+            ) else {
+                continue;
+            };
+            headers.append(name, value);
+        }
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            headers.insert("x-request-id", id);
+        }
+        let has_body = incoming.body.as_ref().is_ok_and(|b| !b.is_empty())
+            || !matches!(
+                method,
+                Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+            );
+        Some(UpstreamRequest {
+            method,
+            url: provider.upstream_url(rest, query),
+            headers,
+            has_body,
+        })
+    }
+
+    /// The URI for one attempt; query-style providers carry the key in it.
+    pub(crate) fn uri(&self, provider: &Provider, key: &str) -> Option<Uri> {
+        match &provider.auth {
+            AuthStyle::Query(param) => {
+                let separator = if self.url.contains('?') { '&' } else { '?' };
+                format!("{}{separator}{param}={}", self.url, percent_encode(key))
+                    .parse()
+                    .ok()
+            }
+            _ => self.url.parse().ok(),
+        }
+    }
+
+    /// The headers for one attempt, with the pool key injected.
+    pub(crate) fn headers_with_key(&self, provider: &Provider, key: &str) -> HeaderMap {
+        let mut headers = self.headers.clone();
+        let injected = match &provider.auth {
+            AuthStyle::Bearer => Some(("authorization".to_string(), format!("Bearer {key}"))),
+            AuthStyle::Header(name) => Some((name.clone(), key.to_string())),
+            AuthStyle::Query(_) => None,
+        };
+        if let Some((name, value)) = injected
+            && let (Ok(name), Ok(mut value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            )
+        {
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        headers
+    }
+}
+
+/// How the last failed attempt ended, to choose the answer when no key succeeds.
+pub(crate) enum LastFailure {
+    /// No attempt was made (every key benched) or the last one was a 429.
+    RateLimited,
+    /// The upstream could not be reached.
+    Unreachable,
+    /// A 401/403/5xx answer, kept to relay.
+    Answer(Box<SavedAnswer>, String),
+}
+
+/// Tries the keys, and when every key is cooling and one frees within WAIT_FOR_KEY_SECS, waits
+/// for it and tries again.
+pub(crate) fn attempt(
+    proxy: &Proxy,
+    provider: &Provider,
+    upstream: &UpstreamRequest,
+    body: &[u8],
+    model: Option<&str>,
+) -> Answer {
+    let pool = &provider.pool;
+    let deadline = Instant::now() + proxy.limits.wait_for_key;
+    let mut attempts = 0;
+    loop {
+        let last = match try_round(proxy, provider, upstream, body, model, &mut attempts) {
+            Ok(answer) => return answer,
+            Err(last) => last,
+        };
+        let error = match last {
+            LastFailure::Answer(answer, key) => {
+                return Answer::Saved {
+                    answer: *answer,
+                    attempts,
+                    key,
+                };
+            }
+            LastFailure::Unreachable => ProxyError::Unreachable {
+                host: provider.host.clone(),
+            },
+            LastFailure::RateLimited => {
+                let wait = pool.wait_for_any(model, Instant::now());
+                if !wait.is_zero() && Instant::now() + wait <= deadline {
+                    debug!(
+                        "{}: every key is cooling; holding the request {} ms for the first to free",
+                        provider.name,
+                        wait.as_millis()
+                    );
+                    thread::sleep(wait);
+                    continue;
+                }
+                ProxyError::Exhausted {
+                    retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+                }
+            }
+        };
+        return Answer::Error {
+            error,
+            shape: provider.shape,
+            attempts,
+        };
+    }
+}
+
+/// One pass over the keys from a fresh ticket, each at most once, skipping benched ones.
+/// `Ok` is the final answer (relay, or a timeout); `Err` says how the last failure went.
+pub(crate) fn try_round(
+    proxy: &Proxy,
+    provider: &Provider,
+    upstream: &UpstreamRequest,
+    body: &[u8],
+    model: Option<&str>,
+    attempts: &mut u32,
+) -> Result<Answer, LastFailure> {
+    let pool = &provider.pool;
+    let mut last = LastFailure::RateLimited;
+    for index in pool.attempt_order(pool.ticket()) {
+        if !pool.is_ready(index, model, Instant::now()) {
+            continue;
+        }
+        *attempts += 1;
+        let key = pool.key(index);
+        let Some(uri) = upstream.uri(provider, key.secret()) else {
+            return Ok(Answer::Error {
+                error: ProxyError::BadRequest,
+                shape: provider.shape,
+                attempts: *attempts,
+            });
+        };
+        let headers = upstream.headers_with_key(provider, key.secret());
+        let sent_body = upstream.has_body.then_some(body);
+        let mut response =
+            match upstream::call(&proxy.agent, &upstream.method, uri, &headers, sent_body) {
+                Ok(response) => response,
+                Err(CallFailure::TimedOut) => {
+                    pool.record(index, AttemptClass::Unreachable);
+                    let host = provider.host.clone();
+                    let secs = proxy.limits.upstream_timeout.as_secs();
+                    return Ok(Answer::Error {
+                        error: ProxyError::Timeout { host, secs },
+                        shape: provider.shape,
+                        attempts: *attempts,
+                    });
+                }
+                Err(CallFailure::Failed(why)) => {
+                    pool.record(index, AttemptClass::Unreachable);
+                    debug!(
+                        "{} key={} upstream failed after the request was sent: {why}",
+                        provider.name, key
+                    );
+                    return Ok(Answer::Error {
+                        error: ProxyError::UpstreamFailed {
+                            host: provider.host.clone(),
+                        },
+                        shape: provider.shape,
+                        attempts: *attempts,
+                    });
+                }
+                Err(CallFailure::Unreachable(why)) => {
+                    pool.record(index, AttemptClass::Unreachable);
+                    debug!("{} key={} unreachable: {why}", provider.name, key);
+                    last = LastFailure::Unreachable;
+                    continue;
+                }
+            };
+        let status = response.status().as_u16();
+        match verdict(status) {
+            Verdict::Relay => {
+                pool.record(index, AttemptClass::Success);
+                return Ok(Answer::Live {
+                    response,
+                    attempts: *attempts,
+                    key: key.mask(),
+                });
+            }
+            Verdict::RateLimited => {
+                pool.record(index, AttemptClass::RateLimited);
+                let error_body = read_error_body(&mut response);
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok());
+                let cooldown = rate_limit_cooldown(
+                    retry_after,
+                    &error_body,
+                    SystemTime::now(),
+                    proxy.limits.cooldown,
+                );
+                let reason = BenchReason::RateLimited;
+                pool.bench(index, model, Instant::now() + cooldown, reason);
+                warn!(
+                    "{} key={} benched for {}s{}: {reason}",
+                    provider.name,
+                    key,
+                    cooldown.as_secs_f64().ceil(),
+                    model.map(|m| format!(" for model {m}")).unwrap_or_default()
+                );
+                last = LastFailure::RateLimited;
+            }
+            Verdict::KeyRejected => {
+                pool.record(index, AttemptClass::Rejected);
+                let reason = BenchReason::Rejected(status);
+                pool.bench(index, None, Instant::now() + REJECTED_KEY_BENCH, reason);
+                warn!(
+                    "{} key={} benched for {}s: {reason}; check that the key is valid",
+                    provider.name,
+                    key,
+                    REJECTED_KEY_BENCH.as_secs()
+                );
+                last = LastFailure::Answer(Box::new(save(response)), key.mask());
+            }
+            Verdict::ServerError => {
+                pool.record(index, AttemptClass::ServerError);
+                debug!(
+                    "{} key={} upstream answered {status}, trying the next key",
+                    provider.name, key
+                );
+                last = LastFailure::Answer(Box::new(save(response)), key.mask());
+            }
+        }
+    }
+    Err(last)
+}
+
+pub(crate) fn read_error_body(response: &mut ureq::http::Response<ureq::Body>) -> Vec<u8> {
+    let mut body = Vec::new();
+    // A body that fails half-way is still useful for what was read; the status says enough.
+    let _ = response
+        .body_mut()
+        .as_reader()
+        .take(MAX_ERROR_BODY)
+        .read_to_end(&mut body);
+    body
+}
+
+pub(crate) fn save(mut response: ureq::http::Response<ureq::Body>) -> SavedAnswer {
+    let body = read_error_body(&mut response);
+    SavedAnswer {
+        status: response.status().as_u16(),
+        headers: std::mem::take(response.headers_mut()),
+        body,
+    }
+}
+
+/// A key as a query value: unreserved characters as they are, everything else %XX.
+pub(crate) fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}

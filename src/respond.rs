@@ -1,0 +1,206 @@
+//! Writing the chosen answer to the client: the head by hand (framing chosen for this client
+//! and this answer), then the body through the relay, one write per upstream read.
+
+use std::io::Write;
+
+use ureq::http::{HeaderMap, HeaderValue};
+
+use crate::attempt::{Answer, SavedAnswer};
+use crate::headers::{connection_tokens, is_hop_by_hop};
+use crate::stream::{Framing, RelayBuffer, RelayError, reason_phrase, relay_body};
+
+/// What happened to a request, for its log line.
+pub(crate) struct Report {
+    pub(crate) status: u16,
+    pub(crate) attempts: u32,
+    pub(crate) key: Option<String>,
+    pub(crate) note: &'static str,
+    /// The answer ends when the connection closes (HTTP/1.0 without a length).
+    pub(crate) ends_with_close: bool,
+}
+
+/// What the client's request line and headers say about how to answer it.
+pub(crate) struct ClientInfo {
+    pub(crate) id: String,
+    pub(crate) method: String,
+    pub(crate) http10: bool,
+    pub(crate) wants_close: bool,
+}
+
+/// Writes the chosen answer to the client and reports how it went.
+pub(crate) fn deliver(
+    out: &mut dyn Write,
+    client: &ClientInfo,
+    answer: Answer,
+    buffer: &mut RelayBuffer,
+) -> Report {
+    match answer {
+        Answer::Error {
+            error,
+            shape,
+            attempts,
+        } => {
+            let rendered = error.answer(shape);
+            let mut headers = HeaderMap::new();
+            headers.insert("content-type", HeaderValue::from_static("application/json"));
+            for (name, value) in &rendered.headers {
+                if let Ok(value) = HeaderValue::from_str(value) {
+                    headers.insert(*name, value);
+                }
+            }
+            let saved = SavedAnswer {
+                status: rendered.status,
+                headers,
+                body: rendered.body.into_bytes(),
+            };
+            let (status, note) = write_saved(out, client, &saved, buffer);
+            Report {
+                status,
+                attempts,
+                key: None,
+                note,
+                ends_with_close: false,
+            }
+        }
+        Answer::Page(page) => {
+            let mut headers = HeaderMap::new();
+            headers.insert("content-type", HeaderValue::from_static(page.content_type));
+            headers.insert("cache-control", HeaderValue::from_static("no-store"));
+            let saved = SavedAnswer {
+                status: 200,
+                headers,
+                body: page.body.into_bytes(),
+            };
+            let (status, note) = write_saved(out, client, &saved, buffer);
+            Report {
+                status,
+                attempts: 0,
+                key: None,
+                note,
+                ends_with_close: false,
+            }
+        }
+        Answer::Saved {
+            answer,
+            attempts,
+            key,
+        } => {
+            let (status, note) = write_saved(out, client, &answer, buffer);
+            Report {
+                status,
+                attempts,
+                key: Some(key),
+                note,
+                ends_with_close: false,
+            }
+        }
+        Answer::Live {
+            response,
+            attempts,
+            key,
+        } => {
+            let status = response.status().as_u16();
+            let (parts, body) = response.into_parts();
+            let length = parts
+                .headers
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok())
+                .filter(|_| !parts.headers.contains_key("transfer-encoding"));
+            let framing = Framing::choose(no_body(&client.method, status), length, client.http10);
+            let head = response_head(client, status, &parts.headers, framing);
+            let mut reader = body.into_reader();
+            let result = relay_body(out, head, &mut reader, framing, buffer);
+            // Dropping an unfinished reader closes the upstream connection, which stops the
+            // generation when the client has gone.
+            drop(reader);
+            Report {
+                status,
+                attempts,
+                key: Some(key),
+                note: relay_note(&result),
+                ends_with_close: framing == Framing::UntilClose,
+            }
+        }
+    }
+}
+
+pub(crate) fn write_saved(
+    out: &mut dyn Write,
+    client: &ClientInfo,
+    answer: &SavedAnswer,
+    buffer: &mut RelayBuffer,
+) -> (u16, &'static str) {
+    let framing = Framing::choose(
+        no_body(&client.method, answer.status),
+        Some(answer.body.len() as u64),
+        client.http10,
+    );
+    let head = response_head(client, answer.status, &answer.headers, framing);
+    let result = relay_body(out, head, &mut answer.body.as_slice(), framing, buffer);
+    (answer.status, relay_note(&result))
+}
+
+pub(crate) fn relay_note(result: &Result<u64, RelayError>) -> &'static str {
+    match result {
+        Ok(_) => "",
+        Err(RelayError::ClientGone(_)) => " aborted=client-gone",
+        Err(RelayError::Upstream(_)) => " aborted=upstream-failed",
+    }
+}
+
+/// Responses that never carry a body, whatever their headers say.
+pub(crate) fn no_body(method: &str, status: u16) -> bool {
+    method.eq_ignore_ascii_case("HEAD") || status == 204 || status == 304 || status < 200
+}
+
+/// The status line and headers sent to the client, ending with the blank line.
+pub(crate) fn response_head(
+    client: &ClientInfo,
+    status: u16,
+    headers: &HeaderMap,
+    framing: Framing,
+) -> Vec<u8> {
+    let mut head = Vec::with_capacity(512);
+    let version = if client.http10 {
+        "HTTP/1.0"
+    } else {
+        "HTTP/1.1"
+    };
+    head.extend_from_slice(format!("{version} {status} {}\r\n", reason_phrase(status)).as_bytes());
+    let tokens = connection_tokens(headers.get("connection").and_then(|v| v.to_str().ok()));
+    for (name, value) in headers {
+        let name = name.as_str();
+        // A HEAD or 304 answer keeps the length of the body it describes.
+        let described_length = framing == Framing::None && name == "content-length";
+        if is_hop_by_hop(name, &tokens) && !described_length {
+            continue;
+        }
+        let name = if name == "x-request-id" {
+            "x-upstream-request-id"
+        } else {
+            name
+        };
+        push_header(&mut head, name, value.as_bytes());
+    }
+    push_header(&mut head, "x-request-id", client.id.as_bytes());
+    match framing {
+        Framing::Length(n) => push_header(&mut head, "content-length", n.to_string().as_bytes()),
+        Framing::Chunked => push_header(&mut head, "transfer-encoding", b"chunked"),
+        Framing::UntilClose | Framing::None => {}
+    }
+    if client.wants_close || framing == Framing::UntilClose {
+        push_header(&mut head, "connection", b"close");
+    } else if client.http10 {
+        push_header(&mut head, "connection", b"keep-alive");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+pub(crate) fn push_header(head: &mut Vec<u8>, name: &str, value: &[u8]) {
+    head.extend_from_slice(name.as_bytes());
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+}
