@@ -239,33 +239,32 @@ fn metrics(proxy: &Proxy) -> String {
             h.count
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP keyrelay_in_flight_requests Requests received and not yet fully answered."
+    gauge(
+        &mut out,
+        "keyrelay_in_flight_requests",
+        "Requests received and not yet fully answered.",
+        proxy.registry.in_flight(),
     );
-    let _ = writeln!(out, "# TYPE keyrelay_in_flight_requests gauge");
-    let _ = writeln!(
-        out,
-        "keyrelay_in_flight_requests {}",
-        proxy.registry.in_flight()
+    gauge(
+        &mut out,
+        "keyrelay_client_connections",
+        "Open client connections.",
+        proxy.registry.len(),
     );
-    let _ = writeln!(
-        out,
-        "# HELP keyrelay_client_connections Open client connections."
-    );
-    let _ = writeln!(out, "# TYPE keyrelay_client_connections gauge");
-    let _ = writeln!(out, "keyrelay_client_connections {}", proxy.registry.len());
-    let _ = writeln!(
-        out,
-        "# HELP keyrelay_workers_busy Worker threads handling a request."
-    );
-    let _ = writeln!(out, "# TYPE keyrelay_workers_busy gauge");
-    let _ = writeln!(
-        out,
-        "keyrelay_workers_busy {}",
-        proxy.metrics.workers_busy()
+    gauge(
+        &mut out,
+        "keyrelay_workers_busy",
+        "Worker threads handling a request.",
+        proxy.metrics.workers_busy(),
     );
     out
+}
+
+/// Appends one unlabelled gauge with its HELP and TYPE lines.
+fn gauge(out: &mut String, name: &str, help: &str, value: usize) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(out, "{name} {value}");
 }
 
 /// A Prometheus label value, quoted and escaped.

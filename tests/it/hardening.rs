@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::http::{Conn, Req, body_reader, get, parse_reply};
+use crate::support::http::{Conn, Req, body_reader, connect, get, parse_reply};
 use crate::support::mock::{Mock, Reply};
 use crate::support::procfs::{self, Usage};
 use crate::support::proxy::{Proxy, proxy_to};
@@ -40,17 +40,6 @@ struct Exchange {
     received: Vec<u8>,
     /// Bytes the proxy accepted before a write failed or all was sent.
     written: usize,
-}
-
-fn connect(port: u16) -> TcpStream {
-    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the proxy");
-    stream
-        .set_read_timeout(Some(READ_TIMEOUT))
-        .expect("read timeout");
-    stream
-        .set_write_timeout(Some(READ_TIMEOUT))
-        .expect("write timeout");
-    stream
 }
 
 /// Reads until EOF, an error (reset, timeout) or `deadline`; returns the bytes and whether the

@@ -326,6 +326,18 @@ impl Read for Chunked<'_> {
     }
 }
 
+/// A connection to the proxy with read and write timeouts.
+pub fn connect(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the proxy");
+    stream
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .expect("read timeout");
+    stream
+        .set_write_timeout(Some(READ_TIMEOUT))
+        .expect("write timeout");
+    stream
+}
+
 /// One client connection with read and write timeouts.
 pub struct Conn {
     pub reader: BufReader<TcpStream>,
@@ -333,15 +345,8 @@ pub struct Conn {
 
 impl Conn {
     pub fn open(port: u16) -> Conn {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the proxy");
-        stream
-            .set_read_timeout(Some(READ_TIMEOUT))
-            .expect("read timeout");
-        stream
-            .set_write_timeout(Some(READ_TIMEOUT))
-            .expect("write timeout");
         Conn {
-            reader: BufReader::new(stream),
+            reader: BufReader::new(connect(port)),
         }
     }
 
