@@ -21,6 +21,10 @@ use crate::proxy::Proxy;
 /// How often a blocked read wakes to check idle time and shutdown.
 pub const TICK: Duration = Duration::from_millis(500);
 
+/// How often it wakes while an answer is being written (a thousand open streams should not mean
+/// two thousand wake-ups a second); idle time is only counted once the answer is done.
+const BUSY_TICK: Duration = Duration::from_secs(5);
+
 /// Header carrying the connection id from the guard to the worker.
 pub const CONN_HEADER: &str = "x-keyrelay-conn";
 /// Header carrying the client's HTTP version and close wish from the guard to the worker.
@@ -90,6 +94,7 @@ pub fn serve(ctx: &GuardContext, conn: Arc<ClientConn>) {
         buf: Vec::with_capacity(4096),
         last_progress: Instant::now(),
         head_started: None,
+        tick: TICK,
     };
     let mut line: RequestLine = None;
     if let Stop::Refuse(error, shape) = guard.run(&mut line) {
@@ -106,6 +111,8 @@ struct Guard<'a> {
     /// When the first byte of the head being read arrived: a head must be complete within
     /// the idle timeout, however slowly its bytes trickle in.
     head_started: Option<Instant>,
+    /// The socket's current read timeout.
+    tick: Duration,
 }
 
 impl Guard<'_> {
@@ -240,9 +247,13 @@ impl Guard<'_> {
                 }
                 Err(err) if is_timeout(&err) => {
                     if self.conn.in_flight() > 0 {
+                        // An answer (often a long stream) is on its way: nothing to check until
+                        // it ends, so wake rarely. New bytes from the client still wake at once.
                         self.last_progress = Instant::now();
+                        self.set_tick(BUSY_TICK);
                         continue;
                     }
+                    self.set_tick(TICK);
                     let idle = self.last_progress.elapsed() >= self.ctx.idle_timeout;
                     let head_late = self
                         .head_started
@@ -267,6 +278,13 @@ impl Guard<'_> {
                 self.buf.truncate(start);
                 Err(stop)
             }
+        }
+    }
+
+    /// Sets how often a blocked read wakes, when it changes.
+    fn set_tick(&mut self, tick: Duration) {
+        if self.tick != tick && self.conn.tcp.set_read_timeout(Some(tick)).is_ok() {
+            self.tick = tick;
         }
     }
 
