@@ -13,7 +13,7 @@ use crate::admin::Rendered;
 use crate::config::REJECTED_KEY_BENCH;
 use crate::error::ProxyError;
 use crate::forward::Incoming;
-use crate::headers::{connection_tokens, forward_request_header};
+use crate::headers::forward_request_header;
 use crate::keys::{AttemptClass, BenchReason};
 use crate::outcome::{Verdict, rate_limit_cooldown, verdict};
 use crate::provider::{AuthStyle, ErrorShape, Provider};
@@ -71,10 +71,10 @@ impl UpstreamRequest {
         request_id: &str,
     ) -> Option<UpstreamRequest> {
         let method = Method::from_bytes(incoming.method.as_bytes()).ok()?;
-        let tokens = connection_tokens(incoming.header("connection"));
+        // The guard already removed the client's Connection header and the headers it named.
         let mut headers = HeaderMap::with_capacity(incoming.headers.len() + 2);
         for (name, value) in &incoming.headers {
-            if !forward_request_header(name, &tokens) || provider.is_credential_header(name) {
+            if !forward_request_header(name, &[]) || provider.is_credential_header(name) {
                 continue;
             }
             let (Ok(name), Ok(value)) = (

@@ -1,5 +1,6 @@
-//! Client connections as the workers see them: the socket a response is written to, the turn
-//! that keeps pipelined responses in order, and the count of requests still owed an answer.
+//! Client connections as the workers see them: the socket a response is written to, and the
+//! count of requests still owed an answer (the guard hands on one request at a time, so at most
+//! one writer uses the socket at once).
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -16,7 +17,6 @@ pub struct ClientConn {
     pub tcp: TcpStream,
     /// The client's address.
     pub peer: SocketAddr,
-    turn: Mutex<()>,
     in_flight: AtomicUsize,
     guard_done: AtomicBool,
     answered: (Mutex<()>, Condvar),
@@ -45,14 +45,6 @@ impl ClientConn {
         let (lock, signal) = &self.answered;
         let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         signal.notify_all();
-    }
-
-    /// Exclusive right to write a response on this connection; held for a whole response so
-    /// answers to pipelined requests never interleave.
-    pub fn take_turn(&self) -> MutexGuard<'_, ()> {
-        self.turn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Requests forwarded on this connection and not answered yet.
@@ -140,7 +132,6 @@ impl Registry {
             id,
             tcp,
             peer,
-            turn: Mutex::new(()),
             in_flight: AtomicUsize::new(0),
             guard_done: AtomicBool::new(false),
             answered: (Mutex::new(()), Condvar::new()),

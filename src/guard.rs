@@ -150,21 +150,26 @@ impl Guard<'_> {
                 Err(stop) => return stop,
             };
             let close = head.close || self.ctx.stopping.load(Ordering::SeqCst);
+            // A Content-Length body is sent straight from the read buffer, without a copy.
+            let payload: &[u8] = match &body.decoded {
+                Some(decoded) => decoded,
+                None => &self.buf[head.len..head.len + body.consumed],
+            };
             let forwarded = normalised_head(
                 &self.buf[..head.len],
                 &head,
-                body.bytes.len(),
+                payload.len(),
                 self.conn.id,
                 close,
             );
-            self.buf.drain(..head.len + body.consumed);
             self.conn.wait_until_answered();
             self.ctx.registry.request_forwarded(self.conn);
-            if let Err(err) = self.ctx.bridge.send(self.conn.id, &forwarded, &body.bytes) {
+            if let Err(err) = self.ctx.bridge.send(self.conn.id, &forwarded, payload) {
                 log::error!("cannot hand a request to tiny_http: {err}");
                 self.ctx.registry.request_done(self.conn);
                 return Stop::Refuse(ProxyError::Internal, shape);
             }
+            self.buf.drain(..head.len + body.consumed);
             if close {
                 return Stop::Quiet;
             }
@@ -195,7 +200,7 @@ impl Guard<'_> {
                 }
                 if done {
                     return Ok(Body {
-                        bytes,
+                        decoded: Some(bytes),
                         consumed: used,
                     });
                 }
@@ -217,7 +222,7 @@ impl Guard<'_> {
             self.read_more()?;
         }
         Ok(Body {
-            bytes: self.buf[head.len..head.len + length].to_vec(),
+            decoded: None,
             consumed: length,
         })
     }
@@ -225,7 +230,6 @@ impl Guard<'_> {
     fn continue_if_expected(&mut self, head: &Head) -> Result<(), Stop> {
         if head.expect_continue && self.buf.len() == head.len {
             self.conn.wait_until_answered();
-            let _turn = self.conn.take_turn();
             (&self.conn.tcp)
                 .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                 .map_err(|_| Stop::Quiet)?;
@@ -309,11 +313,8 @@ impl Guard<'_> {
         }
         response.push_str("\r\n");
         response.push_str(&answer.body);
-        {
-            self.conn.wait_until_answered();
-            let _turn = self.conn.take_turn();
-            let _ = (&self.conn.tcp).write_all(response.as_bytes());
-        }
+        self.conn.wait_until_answered();
+        let _ = (&self.conn.tcp).write_all(response.as_bytes());
         let _ = self.conn.tcp.shutdown(Shutdown::Write);
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut sink = [0u8; 16 * 1024];
@@ -332,8 +333,9 @@ impl Guard<'_> {
 
 /// A request body read off the client connection.
 struct Body {
-    /// The payload (de-chunked).
-    bytes: Vec<u8>,
+    /// The de-chunked payload of a chunked body; `None` when the payload is the `consumed`
+    /// bytes after the head in the read buffer.
+    decoded: Option<Vec<u8>>,
     /// Bytes it occupied on the connection after the head.
     consumed: usize,
 }

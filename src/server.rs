@@ -205,7 +205,6 @@ fn work(tiny: &tiny_http::Server, proxy: &Proxy, registry: &Registry, probe_acks
             continue;
         };
         let _busy = proxy.metrics.worker_busy();
-        let turn = conn.take_turn();
         let mut progress = Progress::default();
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
             forward::handle(proxy, request, &conn, &mut buffer, &mut progress);
@@ -221,7 +220,6 @@ fn work(tiny: &tiny_http::Server, proxy: &Proxy, registry: &Registry, probe_acks
                 "a request handler panicked; its client got a 500 or a closed connection, the worker goes on"
             );
         }
-        drop(turn);
         if !progress.answered {
             registry.request_done(&conn);
         }
