@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread;
@@ -20,12 +21,6 @@ const GUARD_STACK: usize = 256 * 1024;
 /// in the kernel's backlog meanwhile.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Linux errno values for "too many open files" (process / system) and "no buffer space".
-const EMFILE: i32 = 24;
-const ENFILE: i32 = 23;
-const ENOBUFS: i32 = 105;
-const ENOMEM: i32 = 12;
-
 /// Accepts connections until `ctx.stopping` is set (then wake it with [`wake`]).
 pub fn run(listener: TcpListener, ctx: Arc<GuardContext>) {
     let mut last_warning: Option<Instant> = None;
@@ -37,8 +32,10 @@ pub fn run(listener: TcpListener, ctx: Arc<GuardContext>) {
         match accepted {
             Ok((tcp, peer)) => start_guard(&ctx, tcp, peer),
             Err(err) => {
-                let exhausted =
-                    matches!(err.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM));
+                let exhausted = matches!(
+                    err.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                );
                 if exhausted {
                     // Rate-limited: under exhaustion this path runs twenty times a second.
                     if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
@@ -81,6 +78,23 @@ fn start_guard(ctx: &Arc<GuardContext>, tcp: TcpStream, peer: SocketAddr) {
     if let Err(err) = spawned {
         warn!("dropping a connection from {peer}: cannot start a thread: {err}");
         ctx.registry.guard_done(&conn);
+    }
+}
+
+/// Connections the kernel may queue for `accept()`. std listens with 128, and when more clients
+/// connect at once (SDKs reconnecting after a restart) the kernel drops the extra SYNs and
+/// those clients wait a full second to retry. The kernel caps it at net.core.somaxconn.
+const ACCEPT_BACKLOG: libc::c_int = 4096;
+
+/// Raises the listen backlog of `listener` (already listening) to [`ACCEPT_BACKLOG`].
+pub fn widen_backlog(listener: &TcpListener) -> io::Result<()> {
+    // SAFETY: listen(2) on a descriptor `listener` owns for the whole call; on a socket that
+    // is already listening it only changes the backlog.
+    let status = unsafe { libc::listen(listener.as_raw_fd(), ACCEPT_BACKLOG) };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -57,6 +57,11 @@ impl Listener {
     /// Binds `addr`.
     pub fn bind(addr: SocketAddr) -> io::Result<Listener> {
         let tcp = TcpListener::bind(addr)?;
+        if let Err(err) = acceptor::widen_backlog(&tcp) {
+            warn!(
+                "cannot raise the listen backlog ({err}); bursts of over 128 new connections may wait 1 s"
+            );
+        }
         let addr = tcp.local_addr()?;
         Ok(Listener { tcp, addr })
     }

@@ -902,3 +902,53 @@ fn pipelined_requests_are_answered_one_at_a_time_in_order() {
     );
     assert_eq!(text.matches("HTTP/1.1 200").count(), 4, "{text}");
 }
+
+#[test]
+fn a_burst_of_connections_beyond_the_default_backlog_waits_for_no_syn_retry() {
+    // std listens with a backlog of 128; when more connections arrive at once than the queue
+    // holds, the kernel drops the extra SYNs and those clients retry after a full second.
+    const CONNECTIONS: usize = 600;
+    let mock = Mock::ok();
+    let proxy = proxy_to(&mock.url(), &[KEY], &[]).start();
+    let port = proxy.port;
+    let barrier = Arc::new(Barrier::new(CONNECTIONS));
+    let clients: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let barrier = Arc::clone(&barrier);
+            thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    barrier.wait();
+                    let started = Instant::now();
+                    let stream = connect(port);
+                    (started.elapsed(), stream)
+                })
+                .expect("client thread")
+        })
+        .collect();
+    let connected: Vec<(Duration, TcpStream)> = clients
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .collect();
+    let slowest = connected
+        .iter()
+        .map(|(took, _)| *took)
+        .max()
+        .unwrap_or_default();
+    eprintln!("{CONNECTIONS} connections at once: slowest connect {slowest:?}");
+    // A dropped SYN is retried after 1 s: anything under that was queued, however busy the
+    // machine was.
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a connect waited {slowest:?}: SYNs were dropped (listen backlog too small)"
+    );
+    // Every one of them is then served.
+    for (_, stream) in connected.iter().step_by(50) {
+        let mut stream = stream.try_clone().expect("clone");
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("send");
+        let (raw, _) = read_until_closed(&mut stream, Instant::now() + READ_TIMEOUT);
+        assert_eq!(parse_reply(&raw, false).status, 200);
+    }
+}
