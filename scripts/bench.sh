@@ -38,7 +38,7 @@ else
 fi
 EVENTS=20 EVENT_INTERVAL_MS=50 STALL_SECS=5
 # Streams open over this long, all still concurrent (each lasts >= 1 s): opening 1,000 in the same
-# instant overflows the kernel's listen queues (std's backlog is 128), and the SYN retransmits
+# instant overflows the stand-in's listen queue (std's backlog is 128), and the SYN retransmits
 # that follow would be measured instead of the proxy. Connection bursts are (1)'s check.
 STREAM_RAMP_MS=500
 NGINX_WORKERS=${BENCH_NGINX_WORKERS:-auto}
