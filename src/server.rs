@@ -51,11 +51,15 @@ pub struct ServeSettings {
 pub struct Listener {
     tcp: TcpListener,
     addr: SocketAddr,
+    signals: Signals,
 }
 
 impl Listener {
-    /// Binds `addr`.
+    /// Binds `addr`. Signal handlers are installed first: once the port accepts connections, a
+    /// SIGHUP or SIGTERM must reach keyrelay's handlers, not the default action (which for
+    /// SIGHUP is to exit).
     pub fn bind(addr: SocketAddr) -> io::Result<Listener> {
+        let signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         let tcp = TcpListener::bind(addr)?;
         if let Err(err) = acceptor::widen_backlog(&tcp) {
             warn!(
@@ -63,7 +67,7 @@ impl Listener {
             );
         }
         let addr = tcp.local_addr()?;
-        Ok(Listener { tcp, addr })
+        Ok(Listener { tcp, addr, signals })
     }
 
     /// The address actually bound (the port is chosen here when 0 was asked for).
@@ -79,7 +83,7 @@ impl Listener {
         settings: ServeSettings,
         reload: impl Fn(),
     ) -> io::Result<()> {
-        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+        let mut signals = self.signals;
         let socket_dir = private_dir()?;
         let socket_path = socket_dir.join("tiny_http.sock");
         let tiny = tiny_http::Server::from_listener(UnixListener::bind(&socket_path)?, None)
