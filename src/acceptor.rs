@@ -68,7 +68,7 @@ fn start_guard(ctx: &Arc<GuardContext>, tcp: TcpStream, peer: SocketAddr) {
         warn!("dropping a connection from {peer}: {err}");
         return;
     }
-    let conn = ctx.registry.register(tcp, peer);
+    let conn = ctx.registry().register(tcp, peer);
     let guard_ctx = Arc::clone(ctx);
     let guard_conn = Arc::clone(&conn);
     let spawned = thread::Builder::new()
@@ -77,7 +77,7 @@ fn start_guard(ctx: &Arc<GuardContext>, tcp: TcpStream, peer: SocketAddr) {
         .spawn(move || guard::serve(&guard_ctx, guard_conn));
     if let Err(err) = spawned {
         warn!("dropping a connection from {peer}: cannot start a thread: {err}");
-        ctx.registry.guard_done(&conn);
+        ctx.registry().guard_done(&conn);
     }
 }
 

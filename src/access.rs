@@ -2,7 +2,7 @@
 //! that takes the same time whether a guess is close or not.
 
 use crate::keys::ApiKey;
-use crate::provider::{CLIENT_CREDENTIAL_HEADERS, CLIENT_CREDENTIAL_PARAM};
+use crate::provider::{CLIENT_CREDENTIAL_PARAM, is_client_credential_header};
 
 /// The configured client tokens; empty means no token is required.
 #[derive(Debug, Clone, Default)]
@@ -34,10 +34,7 @@ impl AccessTokens {
         }
         let mut offered: Vec<String> = Vec::new();
         for (name, value) in headers {
-            if !CLIENT_CREDENTIAL_HEADERS
-                .iter()
-                .any(|h| name.eq_ignore_ascii_case(h))
-            {
+            if !is_client_credential_header(name) {
                 continue;
             }
             let value = value.trim();

@@ -224,40 +224,39 @@ pub(crate) fn try_round(
         };
         let headers = upstream.headers_with_key(provider, key.secret());
         let sent_body = upstream.has_body.then_some(body);
-        let mut response =
-            match upstream::call(&proxy.agent, &upstream.method, uri, &headers, sent_body) {
-                Ok(response) => response,
-                Err(CallFailure::TimedOut) => {
-                    pool.record(index, AttemptClass::Unreachable);
-                    let host = provider.host.clone();
-                    let secs = proxy.limits.upstream_timeout.as_secs();
-                    return Ok(Answer::Error {
-                        error: ProxyError::Timeout { host, secs },
-                        shape: provider.shape,
-                        attempts: *attempts,
-                    });
-                }
-                Err(CallFailure::Failed(why)) => {
-                    pool.record(index, AttemptClass::Unreachable);
-                    debug!(
-                        "{} key={} upstream failed after the request was sent: {why}",
-                        provider.name, key
-                    );
-                    return Ok(Answer::Error {
-                        error: ProxyError::UpstreamFailed {
-                            host: provider.host.clone(),
-                        },
-                        shape: provider.shape,
-                        attempts: *attempts,
-                    });
-                }
-                Err(CallFailure::Unreachable(why)) => {
-                    pool.record(index, AttemptClass::Unreachable);
-                    debug!("{} key={} unreachable: {why}", provider.name, key);
-                    last = LastFailure::Unreachable;
-                    continue;
-                }
-            };
+        // Every way of getting no answer counts as unreachable for this key's counters.
+        let called = upstream::call(&proxy.agent, &upstream.method, uri, headers, sent_body)
+            .inspect_err(|_| pool.record(index, AttemptClass::Unreachable));
+        let mut response = match called {
+            Ok(response) => response,
+            Err(CallFailure::TimedOut) => {
+                let host = provider.host.clone();
+                let secs = proxy.limits.upstream_timeout.as_secs();
+                return Ok(Answer::Error {
+                    error: ProxyError::Timeout { host, secs },
+                    shape: provider.shape,
+                    attempts: *attempts,
+                });
+            }
+            Err(CallFailure::Failed(why)) => {
+                debug!(
+                    "{} key={} upstream failed after the request was sent: {why}",
+                    provider.name, key
+                );
+                return Ok(Answer::Error {
+                    error: ProxyError::UpstreamFailed {
+                        host: provider.host.clone(),
+                    },
+                    shape: provider.shape,
+                    attempts: *attempts,
+                });
+            }
+            Err(CallFailure::Unreachable(why)) => {
+                debug!("{} key={} unreachable: {why}", provider.name, key);
+                last = LastFailure::Unreachable;
+                continue;
+            }
+        };
         let status = response.status().as_u16();
         match verdict(status) {
             Verdict::Relay => {

@@ -9,7 +9,7 @@ use crate::admin::Page;
 use crate::catalog::{ALWAYS, known};
 use crate::env_file::{EnvFileError, parse_env_file};
 use crate::keys::ApiKey;
-use crate::provider::{AuthStyle, ErrorShape, env_prefix};
+use crate::provider::{AuthStyle, ErrorShape, env_prefix, keys_var_for};
 
 /// One documented setting: its variable, default and meaning. `--help` and the README table are
 /// written from this list, so they cannot drift apart.
@@ -325,7 +325,7 @@ fn parse_providers(
             None => known.map_or(AuthStyle::Bearer, |k| k.auth.style()),
         };
         providers.push(ProviderConfig {
-            keys: checked_keys(&format!("{prefix}_API_KEYS"), get)?,
+            keys: checked_keys(&keys_var_for(&name), get)?,
             base_url,
             auth,
             shape: known.map_or(ErrorShape::OpenAi, |k| k.shape),

@@ -46,21 +46,26 @@ const STRIPPED: [&str; 9] = [
 
 /// What every guard shares.
 pub struct GuardContext {
-    /// Open connections.
-    pub registry: Arc<Registry>,
     /// Links into tiny_http.
     pub bridge: Bridge,
-    /// Largest request body.
-    pub max_body: u64,
-    /// How long a connection may sit idle, or a request may stall, before it is closed.
-    pub idle_timeout: Duration,
     /// Set when the process is shutting down: idle connections close, requests get no successor.
     pub stopping: Arc<AtomicBool>,
-    /// The proxy, for request ids and the error shape of the provider a request is for.
+    /// The proxy: its registry of connections, its limits (MAX_BODY_BYTES, and
+    /// CLIENT_IDLE_TIMEOUT_SECS for idle connections and stalled requests), request ids, and the
+    /// error shape of the provider a request is for.
     pub proxy: Arc<Proxy>,
 }
 
 impl GuardContext {
+    /// Open connections.
+    pub fn registry(&self) -> &Registry {
+        &self.proxy.registry
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        self.proxy.limits.client_timeout
+    }
+
     fn shape_for(&self, target: &str) -> ErrorShape {
         let name = target
             .trim_start_matches('/')
@@ -100,7 +105,7 @@ pub fn serve(ctx: &GuardContext, conn: Arc<ClientConn>) {
     if let Stop::Refuse(error, shape) = guard.run(&mut line) {
         guard.refuse(&error, shape, line);
     }
-    ctx.registry.guard_done(&conn);
+    ctx.registry().guard_done(&conn);
 }
 
 struct Guard<'a> {
@@ -125,7 +130,7 @@ impl Guard<'_> {
                     Ok(None) => {
                         if !self.buf.is_empty() {
                             let started = *self.head_started.get_or_insert_with(Instant::now);
-                            if started.elapsed() > self.ctx.idle_timeout {
+                            if started.elapsed() > self.ctx.idle_timeout() {
                                 return Stop::Refuse(ProxyError::ClientTimeout, ErrorShape::OpenAi);
                             }
                         }
@@ -140,13 +145,17 @@ impl Guard<'_> {
                 }
             };
             self.head_started = None;
-            let shape = self.ctx.shape_for(&head.target);
-            let path = head.target.split('?').next().unwrap_or("");
-            *line = Some((head.method.clone(), path.to_string()));
-            let _receiving = self.ctx.registry.receiving();
+            // The refusal's error shape and log line are worked out only for a refusal.
+            let ctx = self.ctx;
+            let refuse = |line: &mut RequestLine, error| {
+                let path = head.target.split('?').next().unwrap_or("");
+                *line = Some((head.method.clone(), path.to_string()));
+                Stop::Refuse(error, ctx.shape_for(&head.target))
+            };
+            let _receiving = self.ctx.registry().receiving();
             let body = match self.read_body(&head) {
                 Ok(body) => body,
-                Err(Stop::Refuse(error, _)) => return Stop::Refuse(error, shape),
+                Err(Stop::Refuse(error, _)) => return refuse(line, error),
                 Err(stop) => return stop,
             };
             let close = head.close || self.ctx.stopping.load(Ordering::SeqCst);
@@ -163,11 +172,11 @@ impl Guard<'_> {
                 close,
             );
             self.conn.wait_until_answered();
-            self.ctx.registry.request_forwarded(self.conn);
+            self.ctx.registry().request_forwarded(self.conn);
             if let Err(err) = self.ctx.bridge.send(self.conn.id, &forwarded, payload) {
                 log::error!("cannot hand a request to tiny_http: {err}");
-                self.ctx.registry.request_done(self.conn);
-                return Stop::Refuse(ProxyError::Internal, shape);
+                self.ctx.registry().request_done(self.conn);
+                return refuse(line, ProxyError::Internal);
             }
             self.buf.drain(..head.len + body.consumed);
             if close {
@@ -178,7 +187,7 @@ impl Guard<'_> {
 
     /// Reads the body that follows `head` (which is at the start of `buf`), bounded.
     fn read_body(&mut self, head: &Head) -> Result<Body, Stop> {
-        let limit = self.ctx.max_body;
+        let limit = self.ctx.proxy.limits.max_body_bytes;
         let too_large = || Stop::Refuse(ProxyError::BodyTooLarge { limit }, ErrorShape::OpenAi);
         if head.chunked {
             self.continue_if_expected(head)?;
@@ -258,10 +267,10 @@ impl Guard<'_> {
                         continue;
                     }
                     self.set_tick(TICK);
-                    let idle = self.last_progress.elapsed() >= self.ctx.idle_timeout;
+                    let idle = self.last_progress.elapsed() >= self.ctx.idle_timeout();
                     let head_late = self
                         .head_started
-                        .is_some_and(|at| at.elapsed() > self.ctx.idle_timeout);
+                        .is_some_and(|at| at.elapsed() > self.ctx.idle_timeout());
                     if start > 0 && (idle || head_late) {
                         break Err(Stop::Refuse(ProxyError::ClientTimeout, ErrorShape::OpenAi));
                     }

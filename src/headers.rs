@@ -1,7 +1,7 @@
 //! Which headers cross the proxy. Hop-by-hop headers stay on their own connection; `host` and
 //! `content-length` are set by whoever frames the next hop; client credentials never travel.
 
-use crate::provider::CLIENT_CREDENTIAL_HEADERS;
+use crate::provider::is_client_credential_header;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the framing headers each side sets itself.
 const NOT_FORWARDED: [&str; 11] = [
@@ -44,9 +44,7 @@ pub fn connection_tokens(value: Option<&str>) -> Vec<String> {
 /// (keyrelay sends its own), not keyrelay's internal `x-keyrelay-*` headers.
 pub fn forward_request_header(name: &str, connection_tokens: &[String]) -> bool {
     !is_hop_by_hop(name, connection_tokens)
-        && !CLIENT_CREDENTIAL_HEADERS
-            .iter()
-            .any(|h| name.eq_ignore_ascii_case(h))
+        && !is_client_credential_header(name)
         && !name.eq_ignore_ascii_case("expect")
         && !name.eq_ignore_ascii_case("x-request-id")
         && !name

@@ -23,21 +23,28 @@ pub fn quote(s: &str) -> String {
 /// Every string value of a field named `name`, anywhere in `body`, in order. A scan, not a
 /// parse: good enough for well-formed bodies from known APIs, and it never fails.
 pub fn string_fields<'a>(body: &'a [u8], name: &str) -> Vec<&'a str> {
-    let needle = format!("\"{name}\"");
-    let mut found = Vec::new();
-    let mut rest = body;
-    while let Some(at) = find(rest, needle.as_bytes()) {
-        rest = &rest[at + needle.len()..];
-        if let Some(value) = string_after_colon(rest) {
-            found.push(value);
-        }
-    }
-    found
+    field_values(body, name).collect()
 }
 
-/// The first string value of a top-level-looking field `name` (see [`string_fields`]).
+/// The first string value of a top-level-looking field `name` (see [`string_fields`]); the scan
+/// stops there, so a large request body is not read to its end for its `"model"`.
 pub fn first_string_field<'a>(body: &'a [u8], name: &str) -> Option<&'a str> {
-    string_fields(body, name).into_iter().next()
+    field_values(body, name).next()
+}
+
+/// The string values of fields named `name`, found lazily from the start of `body`.
+fn field_values<'a>(body: &'a [u8], name: &str) -> impl Iterator<Item = &'a str> + use<'a> {
+    let needle = format!("\"{name}\"");
+    let mut rest = body;
+    std::iter::from_fn(move || {
+        while let Some(at) = find(rest, needle.as_bytes()) {
+            rest = &rest[at + needle.len()..];
+            if let Some(value) = string_after_colon(rest) {
+                return Some(value);
+            }
+        }
+        None
+    })
 }
 
 fn string_after_colon(bytes: &[u8]) -> Option<&str> {

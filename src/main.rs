@@ -142,8 +142,6 @@ fn serve(config: Config) -> ExitCode {
     let reload = move || reload_config(&reloaded);
     let settings = ServeSettings {
         workers: config.workers,
-        max_body: config.max_body_bytes,
-        idle_timeout: config.client_idle_timeout,
         shutdown_grace: config.shutdown_grace,
     };
     match listener.serve(proxy, settings, reload) {

@@ -57,24 +57,24 @@ pub struct Metrics {
 impl Metrics {
     /// Records one finished request.
     pub fn record(&self, provider: &str, route: &str, status: u16, elapsed: Duration) {
+        let mut key = (
+            provider.to_string(),
+            route.to_string(),
+            format!("{}xx", status / 100),
+        );
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let class = format!("{}xx", status / 100);
-        let known = state.requests.len() < MAX_ROUTES
-            || state.requests.contains_key(&(
-                provider.to_string(),
-                route.to_string(),
-                class.clone(),
-            ));
-        let route = if known { route } else { "other" };
-        *state
-            .requests
-            .entry((provider.to_string(), route.to_string(), class))
-            .or_default() += 1;
-        state
-            .durations
-            .entry(provider.to_string())
-            .or_default()
-            .observe(elapsed.as_secs_f64());
+        if state.requests.len() >= MAX_ROUTES && !state.requests.contains_key(&key) {
+            key.1 = "other".to_string();
+        }
+        *state.requests.entry(key).or_default() += 1;
+        match state.durations.get_mut(provider) {
+            Some(histogram) => histogram.observe(elapsed.as_secs_f64()),
+            None => {
+                let mut histogram = Histogram::default();
+                histogram.observe(elapsed.as_secs_f64());
+                state.durations.insert(provider.to_string(), histogram);
+            }
+        }
     }
 
     /// Marks a worker busy until the returned guard drops.

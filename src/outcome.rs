@@ -68,7 +68,7 @@ pub fn is_daily_quota(body: &[u8]) -> bool {
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)));
+        return seconds(secs);
     }
     let at = parse_http_date(value)?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
@@ -78,10 +78,12 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 pub fn gemini_retry_delay(body: &[u8]) -> Option<Duration> {
     json::string_fields(body, "retryDelay")
         .into_iter()
-        .find_map(|delay| {
-            let secs: f64 = delay.strip_suffix('s')?.parse().ok()?;
-            (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)))
-        })
+        .find_map(|delay| seconds(delay.strip_suffix('s')?.parse().ok()?))
+}
+
+/// A delay given in (possibly fractional) seconds; negative or non-finite ones are no delay.
+fn seconds(secs: f64) -> Option<Duration> {
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)))
 }
 
 #[cfg(test)]

@@ -29,6 +29,13 @@ pub enum ErrorShape {
 /// Headers that carry a client's own credential; removed before the pool key is injected.
 pub const CLIENT_CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "x-goog-api-key", "x-api-key"];
 
+/// Whether `name` (any case) is one of [`CLIENT_CREDENTIAL_HEADERS`].
+pub fn is_client_credential_header(name: &str) -> bool {
+    CLIENT_CREDENTIAL_HEADERS
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+}
+
 /// Query parameter that carries a client's own credential (Gemini's `?key=`).
 pub const CLIENT_CREDENTIAL_PARAM: &str = "key";
 
@@ -73,9 +80,7 @@ impl Provider {
     /// Whether a request header carries a client credential to strip: the usual three, plus this
     /// provider's own key header.
     pub fn is_credential_header(&self, name: &str) -> bool {
-        CLIENT_CREDENTIAL_HEADERS
-            .iter()
-            .any(|h| name.eq_ignore_ascii_case(h))
+        is_client_credential_header(name)
             || matches!(&self.auth, AuthStyle::Header(own) if name.eq_ignore_ascii_case(own))
     }
 

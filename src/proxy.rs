@@ -39,11 +39,11 @@ pub struct Proxy {
     /// Limits.
     pub limits: Limits,
     /// Request ids.
-    pub ids: Arc<RequestIds>,
+    pub ids: RequestIds,
     /// Client access tokens.
     pub access: AccessTokens,
     /// Open client connections and requests in flight.
-    pub registry: Arc<Registry>,
+    pub registry: Registry,
     /// Request counters.
     pub metrics: Metrics,
     /// Start time, for uptime.
@@ -67,9 +67,9 @@ impl Proxy {
                 wait_for_key: config.wait_for_key,
                 client_timeout: config.client_idle_timeout,
             },
-            ids: Arc::new(RequestIds::default()),
+            ids: RequestIds::default(),
             access: AccessTokens::new(config.proxy_tokens.clone()),
-            registry: Arc::new(Registry::default()),
+            registry: Registry::default(),
             metrics: Metrics::default(),
             started: Instant::now(),
         }

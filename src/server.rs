@@ -39,10 +39,6 @@ const LINKS: usize = 8;
 pub struct ServeSettings {
     /// Worker threads.
     pub workers: usize,
-    /// Largest request body.
-    pub max_body: u64,
-    /// Client idle / stall / write timeout.
-    pub idle_timeout: Duration,
     /// Longest wait for in-flight requests on shutdown.
     pub shutdown_grace: Duration,
 }
@@ -89,16 +85,15 @@ impl Listener {
         let tiny = tiny_http::Server::from_listener(UnixListener::bind(&socket_path)?, None)
             .map_err(|e| io::Error::other(e.to_string()))?;
         let tiny = Arc::new(tiny);
-        let registry = Arc::clone(&proxy.registry);
+        let registry = &proxy.registry;
         let (probe_acks, acks) = mpsc::channel();
         for index in 0..settings.workers {
-            let (tiny, proxy, registry) =
-                (Arc::clone(&tiny), Arc::clone(&proxy), Arc::clone(&registry));
+            let (tiny, proxy) = (Arc::clone(&tiny), Arc::clone(&proxy));
             let probe_acks = probe_acks.clone();
             thread::Builder::new()
                 .name(format!("worker-{index}"))
                 .stack_size(WORKER_STACK)
-                .spawn(move || work(&tiny, &proxy, &registry, &probe_acks))?;
+                .spawn(move || work(&tiny, &proxy, &probe_acks))?;
         }
         let bridge = Bridge::new(&socket_path, LINKS);
         bridge.connect_all(&acks).map_err(|err| {
@@ -109,10 +104,7 @@ impl Listener {
         })?;
         let stopping = Arc::new(AtomicBool::new(false));
         let ctx = Arc::new(GuardContext {
-            registry: Arc::clone(&registry),
             bridge,
-            max_body: settings.max_body,
-            idle_timeout: settings.idle_timeout,
             stopping: Arc::clone(&stopping),
             proxy: Arc::clone(&proxy),
         });
@@ -144,7 +136,7 @@ impl Listener {
         // The acceptor closes the listener when it sees `stopping`; if the wake-up connection
         // could not be made, it does so on the next connection, and the drain goes on anyway.
         drop(acceptor);
-        let drained = wait_until_idle(&registry, settings.shutdown_grace);
+        let drained = wait_until_idle(registry, settings.shutdown_grace);
         let _ = std::fs::remove_dir_all(&socket_dir);
         if drained {
             info!("all requests finished; exiting");
@@ -188,7 +180,8 @@ fn private_dir() -> io::Result<PathBuf> {
 }
 
 /// One worker: takes requests from tiny_http and answers each on its client connection.
-fn work(tiny: &tiny_http::Server, proxy: &Proxy, registry: &Registry, probe_acks: &Sender<usize>) {
+fn work(tiny: &tiny_http::Server, proxy: &Proxy, probe_acks: &Sender<usize>) {
+    let registry = &proxy.registry;
     let mut buffer = RelayBuffer::default();
     while let Ok(request) = tiny.recv() {
         let probe = request

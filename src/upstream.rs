@@ -60,7 +60,7 @@ pub fn call(
     agent: &Agent,
     method: &Method,
     uri: Uri,
-    headers: &HeaderMap,
+    headers: HeaderMap,
     body: Option<&[u8]>,
 ) -> Result<Response<Body>, CallFailure> {
     let result = match body {
@@ -70,11 +70,11 @@ pub fn call(
     result.map_err(|err| classify(&err))
 }
 
-fn request<B>(method: &Method, uri: Uri, headers: &HeaderMap, body: B) -> http::Request<B> {
+fn request<B>(method: &Method, uri: Uri, headers: HeaderMap, body: B) -> http::Request<B> {
     let mut request = http::Request::new(body);
     *request.method_mut() = method.clone();
     *request.uri_mut() = uri;
-    *request.headers_mut() = headers.clone();
+    *request.headers_mut() = headers;
     request
 }
 
