@@ -112,6 +112,23 @@ mod tests {
     }
 
     #[test]
+    fn help_lists_every_variable_of_the_readme_table() {
+        let readme = include_str!("../README.md");
+        let names: Vec<&str> = readme
+            .lines()
+            .filter_map(|line| line.strip_prefix("| ")?.split(" |").next())
+            .filter(|name| {
+                name.len() > 2 && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+            })
+            .collect();
+        assert!(names.len() >= 20, "README table not found: {names:?}");
+        let text = help();
+        for name in names {
+            assert!(text.contains(name), "--help does not list {name}");
+        }
+    }
+
+    #[test]
     fn summary_masks_keys() {
         let config = Config::from_lookup(&|name: &str| {
             (name == "OPENAI_API_KEYS").then(|| "sk-proj-abcdefgh12345678,short".to_string())

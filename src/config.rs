@@ -11,8 +11,9 @@ use crate::env_file::{EnvFileError, parse_env_file};
 use crate::keys::ApiKey;
 use crate::provider::{AuthStyle, ErrorShape, env_prefix, keys_var_for};
 
-/// One documented setting: its variable, default and meaning. `--help` and the README table are
-/// written from this list, so they cannot drift apart.
+/// One documented setting: its variable, default and meaning. `--help` prints this list; the
+/// README's table says the same (with a row for the per-provider variables), and a test checks
+/// that every variable in the README table is here.
 pub struct Setting {
     /// Environment variable.
     pub name: &'static str,
@@ -60,6 +61,21 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "sets both upstreams at once; the specific variables win",
     },
     Setting {
+        name: "PROVIDERS",
+        default: "-",
+        meaning: "more providers to route, e.g. anthropic,groq, each with <NAME>_API_KEYS, <NAME>_BASE_URL, <NAME>_AUTH",
+    },
+    Setting {
+        name: "WAIT_FOR_KEY_SECS",
+        default: "0",
+        meaning: "when every key is cooling and one frees within this many seconds, hold the request instead of answering 429",
+    },
+    Setting {
+        name: "ENV_FILE",
+        default: ".env",
+        meaning: "the environment file read at start and on SIGHUP",
+    },
+    Setting {
         name: "WORKERS",
         default: "64",
         meaning: "worker threads = most requests (and streams) forwarded at once; each busy one costs ~30 KiB",
@@ -85,9 +101,34 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "how long a 429 benches a key when the upstream gives no delay",
     },
     Setting {
+        name: "CLIENT_IDLE_TIMEOUT_SECS",
+        default: "60",
+        meaning: "closes an idle client connection; also a stalled request (408) or a client that stops reading",
+    },
+    Setting {
+        name: "SHUTDOWN_GRACE_SECS",
+        default: "30",
+        meaning: "on SIGTERM / SIGINT, how long in-flight requests and streams may take to finish",
+    },
+    Setting {
         name: "LOG_LEVEL",
         default: "info",
         meaning: "error, warn, info or debug",
+    },
+    Setting {
+        name: "LOG_FILE",
+        default: "-",
+        meaning: "also append log lines to this file",
+    },
+    Setting {
+        name: "PROXY_API_KEYS",
+        default: "-",
+        meaning: "comma-separated client tokens; when set, every request except /health and / must carry one",
+    },
+    Setting {
+        name: "ALLOW_UNAUTHENTICATED",
+        default: "false",
+        meaning: "true lets HOST be a non-loopback address without PROXY_API_KEYS",
     },
 ];
 
