@@ -157,16 +157,22 @@ impl Registry {
         let left = conn.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
         if left == 0 {
             conn.notify_answered();
-            if conn.guard_done.load(Ordering::SeqCst) {
-                self.map().remove(&conn.id);
-            }
+            self.forget_if_finished(conn);
         }
     }
 
     /// The guard stopped reading from `conn`; it is forgotten once no answer is owed.
     pub fn guard_done(&self, conn: &ClientConn) {
         conn.guard_done.store(true, Ordering::SeqCst);
-        if conn.in_flight.load(Ordering::SeqCst) == 0 {
+        self.forget_if_finished(conn);
+    }
+
+    /// Forgets `conn` when its guard has gone and no answer is owed. Both are read now, in this
+    /// order: once the guard has gone nothing is forwarded any more, so an in-flight count of
+    /// zero read after it stays zero. (A count read before it may be stale: the guard can hand
+    /// on one last request, say a pipelined one with `Connection: close`, between the two.)
+    fn forget_if_finished(&self, conn: &ClientConn) {
+        if conn.guard_done.load(Ordering::SeqCst) && conn.in_flight.load(Ordering::SeqCst) == 0 {
             self.map().remove(&conn.id);
         }
     }
