@@ -1,10 +1,12 @@
 //! Operations: client access tokens in every place SDKs put keys, the refusal to run open on a
 //! public address, /health /status /metrics, request ids end to end, and LOG_FILE.
 
+use std::time::Duration;
+
 use crate::support::http::{Req, get, send};
-use crate::support::mask;
 use crate::support::mock::Mock;
 use crate::support::proxy::{TempDir, proxy_to};
+use crate::support::{mask, wait_until};
 
 const KEY: &str = "sk-ops-pool-key-000000001";
 const TOKEN: &str = "tok-client-secret-0001";
@@ -189,7 +191,10 @@ fn log_file_receives_the_same_lines() {
         .start();
     assert_eq!(get(proxy.port, "/openai/v1/models").status, 200);
     proxy.request_lines(1);
-    let text = std::fs::read_to_string(&path).expect("read log file");
+    // The file is written just after stderr, where request_lines saw the line.
+    let read = || std::fs::read_to_string(&path).expect("read log file");
+    wait_until(Duration::from_secs(5), || read().contains("status=200"));
+    let text = read();
     assert!(
         text.starts_with("existing line\n"),
         "appended, not truncated"
