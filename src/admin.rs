@@ -6,7 +6,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::json::quote;
 use crate::keys::{AttemptClass, BenchReason, KeySnapshot};
-use crate::metrics::DURATION_BUCKETS;
+use crate::metrics::Histogram;
 use crate::proxy::{Proxy, routes};
 use crate::utc::format_rfc3339;
 
@@ -136,11 +136,13 @@ fn status(proxy: &Proxy) -> String {
         ));
     }
     format!(
-        r#"{{"status":"ok","version":{},"uptime_secs":{},"connections":{},"in_flight":{},"workers_busy":{},"providers":[{}]}}"#,
+        r#"{{"status":"ok","version":{},"uptime_secs":{},"connections":{},"in_flight":{},"queued":{},"workers":{},"workers_busy":{},"providers":[{}]}}"#,
         quote(env!("CARGO_PKG_VERSION")),
         proxy.started.elapsed().as_secs(),
-        proxy.registry.len(),
-        proxy.registry.in_flight(),
+        proxy.load.connections(),
+        proxy.load.in_flight(),
+        proxy.load.queued(),
+        proxy.load.workers(),
         proxy.metrics.workers_busy(),
         providers.join(",")
     )
@@ -148,7 +150,7 @@ fn status(proxy: &Proxy) -> String {
 
 fn metrics(proxy: &Proxy) -> String {
     let mut out = String::with_capacity(4096);
-    let (requests, durations) = proxy.metrics.snapshot();
+    let (requests, durations, queue_wait) = proxy.metrics.snapshot();
     let _ = writeln!(
         out,
         "# HELP keyrelay_requests_total Requests answered, by provider, route and status class."
@@ -211,45 +213,42 @@ fn metrics(proxy: &Proxy) -> String {
     let mut histograms: Vec<_> = durations.into_iter().collect();
     histograms.sort_by(|a, b| a.0.cmp(&b.0));
     for (provider, h) in histograms {
-        let mut cumulative = 0;
-        for (index, bound) in DURATION_BUCKETS.iter().enumerate() {
-            cumulative += h.buckets[index];
-            let _ = writeln!(
-                out,
-                "keyrelay_request_duration_seconds_bucket{{provider={},le=\"{bound}\"}} {cumulative}",
-                label(&provider)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "keyrelay_request_duration_seconds_bucket{{provider={},le=\"+Inf\"}} {}",
-            label(&provider),
-            h.count
-        );
-        let _ = writeln!(
-            out,
-            "keyrelay_request_duration_seconds_sum{{provider={}}} {}",
-            label(&provider),
-            h.sum
-        );
-        let _ = writeln!(
-            out,
-            "keyrelay_request_duration_seconds_count{{provider={}}} {}",
-            label(&provider),
-            h.count
+        histogram(
+            &mut out,
+            "keyrelay_request_duration_seconds",
+            &format!("provider={},", label(&provider)),
+            &h,
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP keyrelay_queue_wait_seconds Time requests waited for a free worker."
+    );
+    let _ = writeln!(out, "# TYPE keyrelay_queue_wait_seconds histogram");
+    histogram(&mut out, "keyrelay_queue_wait_seconds", "", &queue_wait);
+    gauge(
+        &mut out,
+        "keyrelay_queue_depth",
+        "Requests waiting for a free worker.",
+        proxy.load.queued(),
+    );
+    gauge(
+        &mut out,
+        "keyrelay_workers",
+        "Worker threads started (they start as requests need them, up to WORKERS).",
+        proxy.load.workers(),
+    );
     gauge(
         &mut out,
         "keyrelay_in_flight_requests",
-        "Requests received and not yet fully answered.",
-        proxy.registry.in_flight(),
+        "Requests received and not yet fully answered, queued ones included.",
+        proxy.load.in_flight(),
     );
     gauge(
         &mut out,
         "keyrelay_client_connections",
         "Open client connections.",
-        proxy.registry.len(),
+        proxy.load.connections(),
     );
     gauge(
         &mut out,
@@ -258,6 +257,23 @@ fn metrics(proxy: &Proxy) -> String {
         proxy.metrics.workers_busy(),
     );
     out
+}
+
+/// Appends the bucket, sum and count lines of one histogram; `labels` is empty or ends with a
+/// comma.
+fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let mut cumulative = 0;
+    for (index, bound) in h.bounds.iter().enumerate() {
+        cumulative += h.buckets[index];
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {}", h.count);
+    let labels = match labels.trim_end_matches(',') {
+        "" => String::new(),
+        set => format!("{{{set}}}"),
+    };
+    let _ = writeln!(out, "{name}_sum{labels} {}", h.sum);
+    let _ = writeln!(out, "{name}_count{labels} {}", h.count);
 }
 
 /// Appends one unlabelled gauge with its HELP and TYPE lines.

@@ -66,10 +66,11 @@ pub fn help() -> String {
 /// The configuration summary printed by `--check` and logged at start-up; keys are masked.
 pub fn summary(config: &Config) -> Vec<String> {
     let mut lines = vec![format!(
-        "listen {}:{}, {} workers, max body {} bytes, upstream timeout {}s, cooldown {}s",
+        "listen {}:{}, up to {} workers, queue timeout {}s, max body {} bytes, upstream timeout {}s, cooldown {}s",
         config.host,
         config.port,
         config.workers,
+        config.queue_timeout.as_secs(),
         config.max_body_bytes,
         config.upstream_timeout.as_secs(),
         config.cooldown.as_secs()

@@ -77,8 +77,18 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         name: "WORKERS",
-        default: "64",
-        meaning: "worker threads = most requests (and streams) forwarded at once; each busy one costs ~30 KiB",
+        default: "1024",
+        meaning: "most requests (and streams) forwarded at once; threads start as needed, each busy one costs ~100 KiB",
+    },
+    Setting {
+        name: "QUEUE_TIMEOUT_SECS",
+        default: "30",
+        meaning: "longest a request waits for a free worker, then 503 with Retry-After: 1",
+    },
+    Setting {
+        name: "MAX_CONNECTIONS",
+        default: "from ulimit -n",
+        meaning: "most open client connections (default: open-file limit less room for upstream connections); more are closed at once",
     },
     Setting {
         name: "MAX_BODY_BYTES",
@@ -173,6 +183,10 @@ pub struct Config {
     pub port: u16,
     /// Worker pool size.
     pub workers: usize,
+    /// Longest wait in the queue for a worker.
+    pub queue_timeout: Duration,
+    /// Most open client connections; `None`: derived from the open-file limit at start.
+    pub max_connections: Option<usize>,
     /// Largest request body.
     pub max_body_bytes: u64,
     /// Upstream connect timeout.
@@ -290,7 +304,12 @@ impl Config {
             proxy_tokens,
             host,
             port: number(&get, "PORT", 3000, 0, u16::MAX as u64)? as u16,
-            workers: number(&get, "WORKERS", 64, 1, 16_384)? as usize,
+            workers: number(&get, "WORKERS", 1024, 1, 16_384)? as usize,
+            queue_timeout: secs(&get, "QUEUE_TIMEOUT_SECS", 30)?,
+            max_connections: get("MAX_CONNECTIONS")
+                .map(|_| number(&get, "MAX_CONNECTIONS", 0, 1, 10_000_000))
+                .transpose()?
+                .map(|n| n as usize),
             max_body_bytes: number(&get, "MAX_BODY_BYTES", 32 * 1024 * 1024, 1, 1 << 40)?,
             connect_timeout: secs(&get, "CONNECT_TIMEOUT_SECS", 10)?,
             upstream_timeout: secs(&get, "UPSTREAM_TIMEOUT_SECS", 300)?,
@@ -300,6 +319,16 @@ impl Config {
             shutdown_grace: secs(&get, "SHUTDOWN_GRACE_SECS", 30)?,
             log_level: parse_log_level(get("LOG_LEVEL").as_deref())?,
             providers,
+        })
+    }
+
+    /// MAX_CONNECTIONS, or its default for an open-file limit of `fd_limit`: what is left after
+    /// room for one upstream connection per worker (at most half the limit) and a few more.
+    pub fn max_connections_for(&self, fd_limit: u64) -> usize {
+        self.max_connections.unwrap_or_else(|| {
+            let fd_limit = fd_limit as usize;
+            let upstream = self.workers.min(fd_limit / 2) + 32;
+            fd_limit.saturating_sub(upstream).max(16)
         })
     }
 

@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use crate::http_head::HeadError;
 use crate::json::quote;
+use crate::listen::HeadError;
 use crate::provider::ErrorShape;
 
 /// An answer keyrelay writes instead of relaying one from upstream.
@@ -57,8 +57,21 @@ pub enum ProxyError {
     Http(HeadError),
     /// The client stalled in the middle of a request.
     ClientTimeout,
+    /// Every worker stayed busy for QUEUE_TIMEOUT_SECS while the request waited.
+    Overloaded {
+        /// WORKERS.
+        workers: usize,
+        /// How long it waited.
+        waited_secs: u64,
+    },
     /// A bug: keyrelay failed while handling this request.
     Internal,
+}
+
+impl From<HeadError> for ProxyError {
+    fn from(error: HeadError) -> ProxyError {
+        ProxyError::Http(error)
+    }
 }
 
 /// The parts of an error answer.
@@ -134,6 +147,11 @@ impl ProxyError {
                 "request_timeout",
                 "The request was not completed in time (CLIENT_IDLE_TIMEOUT_SECS); send it again without pausing.".to_string(),
             ),
+            ProxyError::Overloaded { workers, waited_secs } => (
+                503,
+                "overloaded",
+                format!("keyrelay is at capacity: all {workers} workers stayed busy while this request waited {waited_secs} s (QUEUE_TIMEOUT_SECS). Retry shortly; if this repeats, raise WORKERS."),
+            ),
             ProxyError::Internal => (
                 500,
                 "internal_error",
@@ -151,8 +169,12 @@ impl ProxyError {
     pub fn answer(&self, shape: ErrorShape) -> ErrorAnswer {
         let (status, code, message) = self.parts();
         let mut headers = Vec::new();
-        if let ProxyError::Exhausted { retry_after_secs } = self {
-            headers.push(("retry-after", retry_after_secs.to_string()));
+        match self {
+            ProxyError::Exhausted { retry_after_secs } => {
+                headers.push(("retry-after", retry_after_secs.to_string()));
+            }
+            ProxyError::Overloaded { .. } => headers.push(("retry-after", "1".to_string())),
+            _ => {}
         }
         ErrorAnswer {
             status,

@@ -1,63 +1,48 @@
-//! One request top to bottom: take it out of tiny_http, route it (keyrelay's own pages, access
-//! tokens, provider), hand it to the attempts (attempt.rs), write the answer (respond.rs), and
-//! record it in one INFO line and the metrics.
+//! One request top to bottom, in a worker: read its body, route it (keyrelay's own pages,
+//! access tokens, provider), hand it to the attempts (attempt.rs), write the answer
+//! (respond.rs), and record it in one INFO line and the metrics.
 
-use std::io::Read;
-use std::net::Shutdown;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::info;
-use tiny_http::Request;
 
 use crate::admin::{self, Page};
 use crate::attempt::{Answer, UpstreamRequest, attempt};
-use crate::client_conn::ClientConn;
+use crate::body::{BodyError, read_body};
 use crate::error::ProxyError;
-use crate::guard::CLIENT_HEADER;
+use crate::headers::connection_tokens;
+use crate::listen::{Conn, Head};
 use crate::metrics::route_label;
 use crate::provider::{ErrorShape, Provider};
 use crate::proxy::{Proxy, routes};
 use crate::respond::{ClientInfo, deliver};
 use crate::stream::RelayBuffer;
 
-/// A request taken out of tiny_http: released at once so tiny_http can parse the next request
-/// on the same internal link while this one waits for the upstream.
+/// A request as the relay sees it: the client's end-to-end headers (those its `Connection`
+/// header names are left out) and its body.
 pub(crate) struct Incoming {
     pub(crate) method: String,
-    pub(crate) url: String,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) body: Result<Vec<u8>, ProxyError>,
 }
 
 impl Incoming {
-    fn take(mut request: Request, limit: u64) -> Incoming {
-        let headers: Vec<(String, String)> = request
-            .headers()
-            .iter()
-            .map(|h| {
-                (
-                    h.field.as_str().as_str().to_string(),
-                    h.value.as_str().to_string(),
-                )
-            })
+    fn from_head(buf: &[u8], head: &Head) -> Incoming {
+        let listed: Vec<String> = head
+            .header_pairs(buf)
+            .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
+            .flat_map(|(_, value)| connection_tokens(Some(value)))
             .collect();
-        let declared = headers
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, value)| value.trim().parse::<u64>().ok());
-        let body = match declared {
-            Some(len) if len > limit => Err(ProxyError::BodyTooLarge { limit }),
-            _ => read_body(&mut request, limit, declared),
-        };
-        let incoming = Incoming {
-            method: request.method().as_str().to_string(),
-            url: request.url().to_string(),
+        let headers = head
+            .header_pairs(buf)
+            .filter(|(name, _)| !listed.iter().any(|t| name.eq_ignore_ascii_case(t)))
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        Incoming {
+            method: head.method.clone(),
             headers,
-            body,
-        };
-        // Nothing is ever written through tiny_http: the answer goes straight to the client.
-        drop(request.into_writer());
-        incoming
+            body: Ok(Vec::new()),
+        }
     }
 
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
@@ -73,67 +58,127 @@ impl Incoming {
 pub struct Progress {
     /// The first byte of the answer may have been written: a failure can only close.
     pub started: bool,
-    /// The answer is complete and counted as done.
-    pub answered: bool,
 }
 
-/// Handles one request completely, answering on `conn`, and logs it. `started` turns true once
-/// the first byte of the answer may have been written (after that, a failure can only close
-/// the connection).
-pub fn handle(
+/// What becomes of the connection after an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// It can carry the next request.
+    KeepAlive,
+    /// It closes now (the client asked, the answer was cut short or ended by closing).
+    Close,
+    /// The request was refused with its body unread: shut the write side and linger.
+    Linger,
+}
+
+/// One request log line: `req=… METHOD /path status= attempts= key= ms= queued_ms=` and a note.
+pub(crate) struct RequestLog<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) status: u16,
+    pub(crate) attempts: u32,
+    pub(crate) key: Option<&'a str>,
+    /// From the complete head to the end of the answer, queue wait included.
+    pub(crate) elapsed: Duration,
+    /// Time spent waiting for a worker.
+    pub(crate) queued: Duration,
+    pub(crate) note: &'a str,
+}
+
+impl RequestLog<'_> {
+    pub(crate) fn write(&self) {
+        info!(
+            "req={} {} {} status={} attempts={} key={} ms={} queued_ms={}{}",
+            self.id,
+            self.method,
+            self.path,
+            self.status,
+            self.attempts,
+            self.key.unwrap_or("-"),
+            self.elapsed.as_millis(),
+            self.queued.as_millis(),
+            self.note
+        );
+    }
+}
+
+/// Handles the request whose `head` starts `conn.buf`, answering on `conn`, and logs it.
+/// `queued_at` is when its head was complete, `queued` how long it waited for this worker.
+pub(crate) fn handle(
     proxy: &Proxy,
-    request: Request,
-    conn: &ClientConn,
+    conn: &mut Conn,
+    head: &Head,
+    (queued_at, queued): (Instant, Duration),
+    stopping: bool,
     buffer: &mut RelayBuffer,
     progress: &mut Progress,
-) {
-    let started_at = Instant::now();
-    let incoming = Incoming::take(request, proxy.limits.max_body_bytes);
-    let (path, query) = incoming.url.split_once('?').unwrap_or((&incoming.url, ""));
+) -> After {
+    let mut incoming = Incoming::from_head(&conn.buf, head);
+    let mut refused = false;
+    match read_body(conn, head, proxy.limits.max_body_bytes) {
+        Ok(body) => incoming.body = Ok(body),
+        Err(BodyError::Gone) => return After::Close,
+        Err(BodyError::Refuse(error)) => {
+            incoming.body = Err(error);
+            refused = true;
+        }
+    }
+    let path = head.path();
     #[cfg(debug_assertions)]
     test_hooks::maybe_panic(path);
-    let client = client_info(proxy, &incoming);
+    let client = ClientInfo {
+        id: proxy.ids.for_request(incoming.header("x-request-id")),
+        method: incoming.method.clone(),
+        http10: head.http10,
+        wants_close: head.close || stopping || refused,
+    };
     let providers = proxy.providers();
-    let answer = decide(proxy, &providers, &incoming, path, query, &client.id);
+    let answer = match &incoming.body {
+        // A body that could not be read is answered first, whatever the route.
+        Err(error) => Answer::Error {
+            error: error.clone(),
+            shape: shape_for(&providers, path),
+            attempts: 0,
+        },
+        Ok(_) => decide(proxy, &providers, &incoming, path, head.query(), &client.id),
+    };
     progress.started = true;
     let mut out = conn.writer(proxy.limits.client_timeout);
     let report = deliver(&mut out, &client, answer, buffer);
-    // A connection whose answer was cut short, or that the answer ends by closing, cannot
-    // carry another request.
-    if client.wants_close || report.ends_with_close || !report.note.is_empty() {
-        let _ = conn.tcp.shutdown(Shutdown::Both);
-    }
-    // Counted as answered before the bookkeeping below, so the guard can hand on the client's
-    // next request at once.
-    proxy.registry.request_done(conn);
-    progress.answered = true;
     let (name, rest) = split_route(path);
     let provider_label = match (providers.iter().any(|p| p.name == name), Page::at(path)) {
         (true, _) => name,
         (false, Some(_)) => "keyrelay",
         (false, None) => "none",
     };
-    proxy.metrics.record(
-        provider_label,
-        &route_label(rest),
-        report.status,
-        started_at.elapsed(),
-    );
-    info!(
-        "req={} {} {} status={} attempts={} key={} ms={}{}",
-        client.id,
-        client.method,
+    let elapsed = queued_at.elapsed();
+    proxy
+        .metrics
+        .record(provider_label, &route_label(rest), report.status, elapsed);
+    RequestLog {
+        id: &client.id,
+        method: &client.method,
         path,
-        report.status,
-        report.attempts,
-        report.key.as_deref().unwrap_or("-"),
-        started_at.elapsed().as_millis(),
-        report.note
-    );
+        status: report.status,
+        attempts: report.attempts,
+        key: report.key.as_deref(),
+        elapsed,
+        queued,
+        note: report.note,
+    }
+    .write();
+    if refused {
+        After::Linger
+    } else if client.wants_close || report.ends_with_close || !report.note.is_empty() {
+        After::Close
+    } else {
+        After::KeepAlive
+    }
 }
 
 /// Answers a request whose handler panicked before writing anything.
-pub fn answer_internal_error(conn: &ClientConn) {
+pub fn answer_internal_error(conn: &Conn) {
     let client = ClientInfo {
         id: "-".to_string(),
         method: "-".to_string(),
@@ -147,7 +192,6 @@ pub fn answer_internal_error(conn: &ClientConn) {
     };
     let mut out = &conn.tcp;
     deliver(&mut out, &client, answer, &mut RelayBuffer::default());
-    let _ = conn.tcp.shutdown(Shutdown::Both);
 }
 
 #[cfg(debug_assertions)]
@@ -214,37 +258,16 @@ fn decide(
 }
 
 /// `/openai/v1/x` → (`openai`, `v1/x`).
-fn split_route(path: &str) -> (&str, &str) {
+pub(crate) fn split_route(path: &str) -> (&str, &str) {
     let trimmed = path.trim_start_matches('/');
     trimmed.split_once('/').unwrap_or((trimmed, ""))
 }
 
-fn client_info(proxy: &Proxy, incoming: &Incoming) -> ClientInfo {
-    // The guard states the client's version and close wish; it removed the client's own
-    // Connection header before tiny_http could act on it.
-    let flags = incoming.header(CLIENT_HEADER).unwrap_or("1.1");
-    let http10 = flags.starts_with("1.0");
-    ClientInfo {
-        id: proxy.ids.for_request(incoming.header("x-request-id")),
-        method: incoming.method.clone(),
-        http10,
-        wants_close: flags.contains("close"),
-    }
-}
-
-fn read_body(
-    request: &mut Request,
-    limit: u64,
-    declared: Option<u64>,
-) -> Result<Vec<u8>, ProxyError> {
-    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit) as usize);
-    request
-        .as_reader()
-        .take(limit + 1)
-        .read_to_end(&mut body)
-        .map_err(|_| ProxyError::BadBody)?;
-    if body.len() as u64 > limit {
-        return Err(ProxyError::BodyTooLarge { limit });
-    }
-    Ok(body)
+/// The error shape of the provider a path is for (OpenAI's when none).
+pub(crate) fn shape_for(providers: &[Provider], path: &str) -> ErrorShape {
+    let (name, _) = split_route(path);
+    providers
+        .iter()
+        .find(|p| p.name == name)
+        .map_or(ErrorShape::OpenAi, |p| p.shape)
 }

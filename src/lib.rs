@@ -3,16 +3,20 @@
 //! # Request lifecycle
 //!
 //! ```text
-//! client ──HTTP/1.1──▶ guard thread per connection (bounds head, body, idle time)
-//!            ──checked request over a private Unix socket──▶ tiny_http ──queue──▶ N workers
-//!                                                    │ route → read body (bounded)
-//!                                                    │ one ticket from the key pool's round robin
-//!                                                    │ attempts: inject key, call upstream (ureq)
-//!                                                    │   429 → cool key, next;  401/403 → bench key
-//!                                                    │   5xx / connect error → next key; else relay
-//!                                                    ▼
-//!               response head + body written straight to the client socket, chunk by chunk,
-//!               flushed per read
+//! client ──HTTP/1.1──▶ listener thread (epoll): accept; idle and half-read connections;
+//!            │         heads parsed within bounds; /health, /status, /metrics answered here
+//!            │ complete head + its connection
+//!            ▼
+//!          queue (QUEUE_TIMEOUT_SECS → 503; dropped if the client left)
+//!            ▼
+//!          worker (up to WORKERS, blocking): read body (bounded) → route
+//!            │ one ticket from the key pool's round robin
+//!            │ attempts: inject key, call upstream (ureq)
+//!            │   429 → cool key, next;  401/403 → bench key
+//!            │   5xx / connect error → next key; else relay
+//!            ▼
+//!          answer written to the client chunk by chunk, flushed per read;
+//!          the connection goes back to the listener (or on to the next pipelined request)
 //! ```
 //!
 //! # Log levels
@@ -24,24 +28,21 @@
 //!
 //! No level ever prints a key, a client credential or a raw query string: keys print as masks.
 
-pub mod acceptor;
 pub mod access;
 pub mod admin;
 mod attempt;
-pub mod bridge;
+mod body;
 pub mod catalog;
-pub mod chunked;
 pub mod cli;
-pub mod client_conn;
 pub mod config;
 pub mod env_file;
 pub mod error;
-pub mod forward;
-pub mod guard;
+mod forward;
 pub mod headers;
-pub mod http_head;
 pub mod json;
 pub mod keys;
+pub mod listen;
+pub mod load;
 pub mod metrics;
 pub mod outcome;
 pub mod provider;
@@ -52,3 +53,4 @@ pub mod server;
 pub mod stream;
 pub mod upstream;
 pub mod utc;
+mod worker;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use keyrelay::cli::{self, Command};
 use keyrelay::config::{Config, LogLevel, layered_lookup};
+use keyrelay::listen::{self, FrontSettings};
 use keyrelay::proxy::Proxy;
 use keyrelay::server::{Listener, ServeSettings};
 use log::{LevelFilter, error, info};
@@ -140,8 +141,16 @@ fn serve(config: Config) -> ExitCode {
     let proxy = Arc::new(Proxy::new(&config));
     let reloaded = Arc::clone(&proxy);
     let reload = move || reload_config(&reloaded);
+    let fd_limit = listen::raise_fd_limit();
+    let max_connections = config.max_connections_for(fd_limit);
+    info!("at most {max_connections} client connections (open-file limit {fd_limit})");
+    release_large_buffers();
     let settings = ServeSettings {
-        workers: config.workers,
+        front: FrontSettings {
+            workers: config.workers,
+            max_connections,
+            queue_timeout: config.queue_timeout,
+        },
         shutdown_grace: config.shutdown_grace,
     };
     match listener.serve(proxy, settings, reload) {
@@ -152,3 +161,18 @@ fn serve(config: Config) -> ExitCode {
         }
     }
 }
+
+/// glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), after
+/// which request bodies of that size come from the heap and their memory is not returned.
+/// Fixing the threshold keeps large bodies in their own mappings, given back when freed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_large_buffers() {
+    // SAFETY: mallopt only sets an allocator parameter; it is called before other threads run.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
+/// musl's allocator maps large blocks and unmaps them when freed already.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_large_buffers() {}

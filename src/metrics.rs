@@ -11,15 +11,22 @@ pub const DURATION_BUCKETS: [f64; 13] = [
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
+/// Upper bounds (seconds) of the queue-wait histogram buckets.
+pub const QUEUE_WAIT_BUCKETS: [f64; 11] = [
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0,
+];
+
 /// Distinct route labels kept; later routes count as `other`, so odd paths cannot bloat the
 /// metrics without bound.
 const MAX_ROUTES: usize = 200;
 
 /// A duration histogram.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Histogram {
+    /// Upper bounds of the buckets, in seconds.
+    pub bounds: &'static [f64],
     /// Count per bucket (not cumulative), plus one for +Inf.
-    pub buckets: [u64; DURATION_BUCKETS.len() + 1],
+    pub buckets: Vec<u64>,
     /// Sum of all observations in seconds.
     pub sum: f64,
     /// Number of observations.
@@ -27,11 +34,21 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
     fn observe(&mut self, seconds: f64) {
-        let index = DURATION_BUCKETS
+        let index = self
+            .bounds
             .iter()
             .position(|bound| seconds <= *bound)
-            .unwrap_or(DURATION_BUCKETS.len());
+            .unwrap_or(self.bounds.len());
         self.buckets[index] += 1;
         self.sum += seconds;
         self.count += 1;
@@ -41,17 +58,29 @@ impl Histogram {
 /// Request counters keyed by (provider, route, status class such as `2xx`).
 pub type RequestCounts = HashMap<(String, String, String), u64>;
 
-#[derive(Default)]
 struct State {
     requests: RequestCounts,
     durations: HashMap<String, Histogram>,
+    queue_wait: Histogram,
 }
 
 /// Process-wide request metrics.
-#[derive(Default)]
 pub struct Metrics {
     state: Mutex<State>,
     workers_busy: AtomicUsize,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            state: Mutex::new(State {
+                requests: RequestCounts::default(),
+                durations: HashMap::new(),
+                queue_wait: Histogram::new(&QUEUE_WAIT_BUCKETS),
+            }),
+            workers_busy: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl Metrics {
@@ -70,11 +99,17 @@ impl Metrics {
         match state.durations.get_mut(provider) {
             Some(histogram) => histogram.observe(elapsed.as_secs_f64()),
             None => {
-                let mut histogram = Histogram::default();
+                let mut histogram = Histogram::new(&DURATION_BUCKETS);
                 histogram.observe(elapsed.as_secs_f64());
                 state.durations.insert(provider.to_string(), histogram);
             }
         }
+    }
+
+    /// Records how long a request waited for a worker.
+    pub fn record_queue_wait(&self, waited: Duration) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.queue_wait.observe(waited.as_secs_f64());
     }
 
     /// Marks a worker busy until the returned guard drops.
@@ -88,10 +123,14 @@ impl Metrics {
         self.workers_busy.load(Ordering::Relaxed)
     }
 
-    /// A copy of the counters.
-    pub fn snapshot(&self) -> (RequestCounts, HashMap<String, Histogram>) {
+    /// A copy of the counters: requests, durations by provider, queue wait.
+    pub fn snapshot(&self) -> (RequestCounts, HashMap<String, Histogram>, Histogram) {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        (state.requests.clone(), state.durations.clone())
+        (
+            state.requests.clone(),
+            state.durations.clone(),
+            state.queue_wait.clone(),
+        )
     }
 }
 
@@ -131,7 +170,7 @@ mod tests {
             429,
             Duration::from_secs(400),
         );
-        let (requests, durations) = metrics.snapshot();
+        let (requests, durations, _) = metrics.snapshot();
         let key = |class: &str| {
             (
                 "openai".to_string(),
@@ -153,7 +192,7 @@ mod tests {
         for i in 0..(MAX_ROUTES + 50) {
             metrics.record("openai", &format!("r{i}"), 200, Duration::ZERO);
         }
-        let (requests, _) = metrics.snapshot();
+        let (requests, _, _) = metrics.snapshot();
         assert!(requests.len() <= MAX_ROUTES + 1);
         assert!(requests.keys().any(|(_, route, _)| route == "other"));
     }

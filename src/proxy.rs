@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use ureq::Agent;
 
 use crate::access::AccessTokens;
-use crate::client_conn::Registry;
 use crate::config::Config;
+use crate::load::Load;
 use crate::metrics::Metrics;
 use crate::provider::Provider;
 use crate::request_id::RequestIds;
@@ -42,8 +42,8 @@ pub struct Proxy {
     pub ids: RequestIds,
     /// Client access tokens.
     pub access: AccessTokens,
-    /// Open client connections and requests in flight.
-    pub registry: Registry,
+    /// Connections, requests in flight and queued, workers.
+    pub load: Arc<Load>,
     /// Request counters.
     pub metrics: Metrics,
     /// Start time, for uptime.
@@ -69,7 +69,7 @@ impl Proxy {
             },
             ids: RequestIds::default(),
             access: AccessTokens::new(config.proxy_tokens.clone()),
-            registry: Registry::default(),
+            load: Arc::default(),
             metrics: Metrics::default(),
             started: Instant::now(),
         }

@@ -797,8 +797,11 @@ fn running_out_of_descriptors_does_not_stop_the_accept_loop_for_good() {
         procfs::settled(twin.pid(), Duration::from_secs(3)).fds
     };
     let limit = resting + HEADROOM;
+    // MAX_CONNECTIONS would close the extra connections before descriptors run out (its own
+    // test is in frontend.rs); lifted here so the accept loop meets EMFILE itself.
     let mut proxy = proxy_to(&mock.url(), &[KEY], &[])
         .nofile_limit(limit as u64)
+        .env("MAX_CONNECTIONS", "100000")
         .start();
     let port = proxy.port;
     warm_up(port);

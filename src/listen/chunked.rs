@@ -1,5 +1,5 @@
-//! Decoding a chunked request body incrementally, as its bytes arrive, so the guard can bound
-//! its size and hand tiny_http a plain body with a Content-Length.
+//! Decoding a chunked request body incrementally, as its bytes arrive, so the worker can bound
+//! its size and send the upstream a plain body with a Content-Length.
 
 /// Longest chunk-size line (size, extensions) or trailer line accepted.
 const MAX_LINE: usize = 4096;

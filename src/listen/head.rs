@@ -1,5 +1,5 @@
-//! Parsing a client's request head from bytes, strictly and with a size bound, before anything
-//! reaches tiny_http. Pure: bytes in, a [`Head`] or a [`HeadError`] out.
+//! Parsing a client's request head from bytes, strictly and with a size bound, as the listener
+//! accumulates it. Pure: bytes in, a [`Head`] or a [`HeadError`] out.
 
 use std::ops::Range;
 
@@ -47,13 +47,16 @@ pub enum HeadError {
     UnsupportedCoding,
     /// An `Expect` other than `100-continue`.
     BadExpectation,
+    /// Both Content-Length and Transfer-Encoding: the two framings could disagree, which is how
+    /// a request is smuggled inside another (RFC 9112 §6.1).
+    Ambiguous,
 }
 
 impl HeadError {
     /// The status to answer with.
     pub fn status(self) -> u16 {
         match self {
-            HeadError::Malformed(_) | HeadError::BadLength => 400,
+            HeadError::Malformed(_) | HeadError::BadLength | HeadError::Ambiguous => 400,
             HeadError::Version => 505,
             HeadError::TooLarge => 431,
             HeadError::UnsupportedCoding => 501,
@@ -70,7 +73,40 @@ impl HeadError {
             HeadError::BadLength => "Content-Length is invalid; send one non-negative decimal Content-Length.".to_string(),
             HeadError::UnsupportedCoding => "Only the chunked transfer coding is supported; send the body with Content-Length or chunked.".to_string(),
             HeadError::BadExpectation => "Only `Expect: 100-continue` is supported; remove the Expect header.".to_string(),
+            HeadError::Ambiguous => "The request has both Content-Length and Transfer-Encoding; send only one of them.".to_string(),
         }
+    }
+}
+
+impl Head {
+    /// The path, without the query.
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+
+    /// The query string without its `?` (empty when there is none).
+    pub fn query(&self) -> &str {
+        self.target.split_once('?').map_or("", |(_, q)| q)
+    }
+
+    /// The header lines as text; `buf` is what the head was parsed from (the parser admits
+    /// ASCII only, so every range is valid text).
+    pub fn header_pairs<'a>(
+        &'a self,
+        buf: &'a [u8],
+    ) -> impl Iterator<Item = (&'a str, &'a str)> + Clone {
+        let text =
+            |range: &std::ops::Range<usize>| std::str::from_utf8(&buf[range.clone()]).unwrap_or("");
+        self.headers
+            .iter()
+            .map(move |(name, value)| (text(name), text(value)))
+    }
+
+    /// The first value of header `name` (any case).
+    pub fn header<'a>(&'a self, buf: &'a [u8], name: &str) -> Option<&'a str> {
+        self.header_pairs(buf)
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
     }
 }
 
@@ -134,9 +170,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         apply_header(&mut head, &buf[name.clone()], &buf[value.clone()])?;
         head.headers.push((name, value));
     }
-    if head.chunked {
-        // RFC 9112 §6.3: with chunked, a Content-Length is ignored (and must not be forwarded).
-        head.content_length = None;
+    if head.chunked && head.content_length.is_some() {
+        return Err(HeadError::Ambiguous);
     }
     Ok(Some(head))
 }
@@ -392,12 +427,24 @@ mod tests {
     }
 
     #[test]
-    fn chunked_wins_over_length_and_expect_is_seen() {
-        let head = parse("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
-            .unwrap()
-            .unwrap();
+    fn chunked_and_expect_are_seen() {
+        let head =
+            parse("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n")
+                .unwrap()
+                .unwrap();
         assert!(head.chunked && head.expect_continue);
         assert_eq!(head.content_length, None);
+    }
+
+    #[test]
+    fn length_with_transfer_encoding_is_refused_in_either_order() {
+        for text in [
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 58\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(parse(text), Err(HeadError::Ambiguous), "{text:?}");
+        }
+        assert_eq!(HeadError::Ambiguous.status(), 400);
     }
 
     #[test]

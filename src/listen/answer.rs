@@ -1,0 +1,141 @@
+//! Answers the listener writes itself, without a worker: keyrelay's own pages (so health
+//! checks never wait behind proxied requests), refusals of bad heads, and the 503 for a request
+//! that waited too long for a worker. Each is rendered whole into bytes and logged.
+
+use std::time::{Duration, Instant};
+
+use super::conn::AfterWrite;
+use super::head::Head;
+use super::queue::Job;
+use crate::admin::{self, Page};
+use crate::attempt::Answer;
+use crate::error::ProxyError;
+use crate::forward::{RequestLog, shape_for};
+use crate::provider::ErrorShape;
+use crate::proxy::Proxy;
+use crate::respond::{ClientInfo, deliver};
+use crate::stream::RelayBuffer;
+
+/// A rendered answer and what follows it.
+pub struct Own {
+    /// Status line, headers and body.
+    pub bytes: Vec<u8>,
+    /// Keep reading, or close after it.
+    pub then: AfterWrite,
+}
+
+/// True for a request the listener answers itself: one of keyrelay's pages, without a body.
+pub fn is_own_page(head: &Head) -> bool {
+    Page::at(head.path()).is_some() && !head.chunked && head.content_length.unwrap_or(0) == 0
+}
+
+/// Renders a page (or the 401 for a missing token) and logs it.
+pub fn page(proxy: &Proxy, buf: &[u8], head: &Head, stopping: bool) -> Own {
+    let started = Instant::now();
+    let page = Page::at(head.path()).expect("is_own_page checked it");
+    let answer = if page.needs_token() && !proxy.access.allows(head.header_pairs(buf), head.query())
+    {
+        Answer::Error {
+            error: ProxyError::Unauthorized,
+            shape: ErrorShape::OpenAi,
+            attempts: 0,
+        }
+    } else {
+        Answer::Page(admin::render(proxy, page))
+    };
+    let client = ClientInfo {
+        id: proxy.ids.for_request(head.header(buf, "x-request-id")),
+        method: head.method.clone(),
+        http10: head.http10,
+        wants_close: head.close || stopping,
+    };
+    let mut bytes = Vec::with_capacity(1024);
+    let report = deliver(&mut bytes, &client, answer, &mut RelayBuffer::default());
+    proxy
+        .metrics
+        .record("keyrelay", "", report.status, started.elapsed());
+    RequestLog {
+        id: &client.id,
+        method: &client.method,
+        path: head.path(),
+        status: report.status,
+        attempts: 0,
+        key: None,
+        elapsed: started.elapsed(),
+        queued: Duration::ZERO,
+        note: "",
+    }
+    .write();
+    let then = if client.wants_close {
+        AfterWrite::Linger
+    } else {
+        AfterWrite::Continue
+    };
+    Own { bytes, then }
+}
+
+/// Renders a refusal that closes the connection, logged with the request line when there is
+/// one (`request` is the connection's buffer and the parsed head) and the time it `waited` for
+/// a worker.
+pub fn refusal(
+    proxy: &Proxy,
+    error: &ProxyError,
+    request: Option<(&[u8], &Head)>,
+    waited: Duration,
+) -> Own {
+    let shape = request.map_or(ErrorShape::OpenAi, |(_, head)| {
+        shape_for(&proxy.providers(), head.path())
+    });
+    let id = match request {
+        Some((buf, head)) => proxy.ids.for_request(head.header(buf, "x-request-id")),
+        None => proxy.ids.next(),
+    };
+    let client = ClientInfo {
+        id,
+        method: request.map_or("-".into(), |(_, head)| head.method.clone()),
+        http10: request.is_some_and(|(_, head)| head.http10),
+        wants_close: true,
+    };
+    let answer = Answer::Error {
+        error: error.clone(),
+        shape,
+        attempts: 0,
+    };
+    let mut bytes = Vec::with_capacity(512);
+    let report = deliver(&mut bytes, &client, answer, &mut RelayBuffer::default());
+    RequestLog {
+        id: &client.id,
+        method: &client.method,
+        path: request.map_or("-", |(_, head)| head.path()),
+        status: report.status,
+        attempts: 0,
+        key: None,
+        elapsed: waited,
+        queued: waited,
+        note: " refused=listener",
+    }
+    .write();
+    Own {
+        bytes,
+        then: AfterWrite::Linger,
+    }
+}
+
+/// Logs a queued request dropped because its client left before a worker took it.
+pub fn log_gone_while_queued(proxy: &Proxy, job: &Job, waited: Duration) {
+    let head = &job.head;
+    RequestLog {
+        id: &proxy
+            .ids
+            .for_request(head.header(&job.conn.buf, "x-request-id")),
+        method: &head.method,
+        path: head.path(),
+        status: 499,
+        attempts: 0,
+        key: None,
+        elapsed: waited,
+        queued: waited,
+        note: " aborted=client-gone",
+    }
+    .write();
+}

@@ -1,0 +1,108 @@
+//! A worker thread: takes a connection whose request head is complete from the queue, serves
+//! that request (and any complete one pipelined behind it), then hands the connection back to
+//! the listener. A panic in a handler costs that request only.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use log::error;
+
+use crate::forward::{self, After, Progress, RequestLog};
+use crate::listen::{Front, Interest, Job, Phase, parse_head, peer_gone};
+use crate::stream::RelayBuffer;
+
+/// Stack size of a worker: address space only (untouched pages cost no memory), sized for a
+/// TLS handshake with the upstream, which the plain-HTTP tests never exercise.
+pub(crate) const STACK: usize = 1024 * 1024;
+
+/// A request that waited at least this long is checked for a client that left meanwhile.
+const GONE_CHECK_AFTER: Duration = Duration::from_millis(1);
+
+/// Serves queued requests until the process exits.
+pub(crate) fn run(front: &Front) {
+    let mut buffer = RelayBuffer::default();
+    loop {
+        let job = front.queue.take();
+        serve(front, job, &mut buffer);
+    }
+}
+
+fn serve(front: &Front, job: Job, buffer: &mut RelayBuffer) {
+    let proxy = &front.proxy;
+    let _busy = proxy.metrics.worker_busy();
+    let Job {
+        mut conn,
+        mut head,
+        mut queued_at,
+    } = job;
+    let mut queued = queued_at.elapsed();
+    proxy.metrics.record_queue_wait(queued);
+    loop {
+        if queued >= GONE_CHECK_AFTER && peer_gone(&conn.tcp) {
+            proxy.load.request_done();
+            RequestLog {
+                id: &proxy
+                    .ids
+                    .for_request(head.header(&conn.buf, "x-request-id")),
+                method: &head.method,
+                path: head.path(),
+                status: 499,
+                attempts: 0,
+                key: None,
+                elapsed: queued,
+                queued,
+                note: " aborted=client-gone",
+            }
+            .write();
+            return;
+        }
+        let mut progress = Progress::default();
+        let stopping = front.is_stopping();
+        let handled = panic::catch_unwind(AssertUnwindSafe(|| {
+            forward::handle(
+                proxy,
+                &mut conn,
+                &head,
+                (queued_at, queued),
+                stopping,
+                buffer,
+                &mut progress,
+            )
+        }));
+        proxy.load.request_done();
+        let after = handled.unwrap_or_else(|_| {
+            if !progress.started {
+                forward::answer_internal_error(&conn);
+            }
+            error!(
+                "a request handler panicked; its client got a 500 or a closed connection, the worker goes on"
+            );
+            After::Close
+        });
+        match after {
+            After::Close => return,
+            After::Linger => return front.linger(conn),
+            After::KeepAlive if front.is_stopping() => return,
+            After::KeepAlive => {}
+        }
+        // A complete request already buffered behind this one is served here, in order.
+        match parse_head(&conn.buf) {
+            Ok(Some(next)) => {
+                head = next;
+                queued_at = Instant::now();
+                queued = Duration::ZERO;
+                proxy.load.request_started();
+            }
+            Err(error) => {
+                let own = crate::listen::refusal(proxy, &error.into(), None, Duration::ZERO);
+                let _ = std::io::Write::write_all(&mut &conn.tcp, &own.bytes);
+                return front.linger(conn);
+            }
+            Ok(None) => {
+                conn.head_started = (!conn.buf.is_empty()).then(Instant::now);
+                conn.phase = Phase::Reading;
+                return front.park(conn, Interest::Read);
+            }
+        }
+    }
+}
