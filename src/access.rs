@@ -1,6 +1,8 @@
 //! Client access tokens (PROXY_API_KEYS): where a client's SDK puts its key, and a comparison
 //! that takes the same time whether a guess is close or not.
 
+use subtle::ConstantTimeEq;
+
 use crate::keys::ApiKey;
 use crate::provider::{CLIENT_CREDENTIAL_PARAM, is_client_credential_header};
 
@@ -68,34 +70,14 @@ impl AccessTokens {
 
 /// Equality whose running time depends only on the lengths, not on where the bytes differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
+    a.ct_eq(b).into()
 }
 
+/// A query value as Google and form decoders read it: `+` is a space, `%XX` a byte.
 fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            other => out.push(other),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(&value.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]

@@ -336,15 +336,14 @@ pub(crate) fn save(mut response: ureq::http::Response<ureq::Body>) -> SavedAnswe
     }
 }
 
-/// A key as a query value: unreserved characters as they are, everything else %XX.
+/// Characters a key keeps in a query value: the unreserved ones; everything else is %XX.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A key as a query value.
 pub(crate) fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(value, QUERY_VALUE).to_string()
 }

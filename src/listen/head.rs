@@ -112,63 +112,49 @@ impl Head {
 
 /// Parses a head from the start of `buf`. `Ok(None)`: not complete yet (read more).
 pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
-    // Tolerate blank lines before a request (RFC 9112 §2.2).
-    let skip = buf
-        .iter()
-        .take_while(|b| matches!(b, b'\r' | b'\n'))
-        .count();
-    let Some(end) = find_head_end(&buf[skip..]) else {
-        return if buf.len() > MAX_HEAD_BYTES {
-            Err(HeadError::TooLarge)
-        } else {
-            Ok(None)
-        };
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut slots);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
+            return Err(HeadError::TooLarge);
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(error) => return Err(refusal(error, buf)),
     };
-    let len = skip + end;
     if len > MAX_HEAD_BYTES {
         return Err(HeadError::TooLarge);
     }
-    let text = &buf[skip..len];
-    if text
-        .iter()
-        .any(|&b| b >= 0x80 || (b < 0x20 && !matches!(b, b'\r' | b'\n' | b'\t')) || b == 0x7f)
-    {
-        return Err(HeadError::Malformed("control or non-ASCII byte"));
-    }
-    // A carriage return must end a line: a bare one could forge log lines downstream.
-    if text.windows(2).any(|w| w[0] == b'\r' && w[1] != b'\n') {
-        return Err(HeadError::Malformed("bare carriage return"));
-    }
-    let mut lines = LineIter {
-        buf,
-        pos: skip,
-        end: len,
+    check_bytes(&buf[..len])?;
+    let (Some(method), Some(target), Some(minor)) = (request.method, request.path, request.version)
+    else {
+        return Err(HeadError::Malformed("request line"));
     };
-    let request_line = lines
-        .next()
-        .ok_or(HeadError::Malformed("empty request line"))?;
-    let (method, target, http10) = parse_request_line(&buf[request_line])?;
+    if target.contains('#') {
+        return Err(HeadError::Malformed("request target"));
+    }
+    let http10 = minor == 0;
     let mut head = Head {
-        method,
-        target,
+        method: method.to_string(),
+        target: target.to_string(),
         http10,
-        headers: Vec::new(),
+        headers: Vec::with_capacity(request.headers.len()),
         content_length: None,
         chunked: false,
         close: http10,
         expect_continue: false,
         len,
     };
-    for line in lines {
-        if line.is_empty() {
-            break;
-        }
-        if head.headers.len() == MAX_HEADERS {
-            return Err(HeadError::TooLarge);
-        }
-        let (name, value) = split_header(buf, line)?;
-        apply_header(&mut head, &buf[name.clone()], &buf[value.clone()])?;
-        head.headers.push((name, value));
+    let offset = |part: &[u8]| part.as_ptr() as usize - buf.as_ptr() as usize;
+    for header in request.headers.iter() {
+        let name_at = offset(header.name.as_bytes());
+        let value = header.value.trim_ascii();
+        let value_at = if value.is_empty() { 0 } else { offset(value) };
+        apply_header(&mut head, header.name.as_bytes(), value)?;
+        head.headers.push((
+            name_at..name_at + header.name.len(),
+            value_at..value_at + value.len(),
+        ));
     }
     if head.chunked && head.content_length.is_some() {
         return Err(HeadError::Ambiguous);
@@ -176,92 +162,48 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     Ok(Some(head))
 }
 
-/// The end of the head: the first blank line, `\r\n\r\n` or a tolerated bare `\n\n`, whichever
-/// comes first.
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    let limit = buf.len().min(MAX_HEAD_BYTES + 4);
-    let mut previous_newline: Option<usize> = None;
-    for (at, &byte) in buf[..limit].iter().enumerate() {
-        if byte != b'\n' {
-            continue;
-        }
-        if let Some(prev) = previous_newline {
-            let between = &buf[prev + 1..at];
-            if between.is_empty() || between == b"\r" {
-                return Some(at + 1);
-            }
-        }
-        previous_newline = Some(at);
-    }
-    None
-}
-
-struct LineIter<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    end: usize,
-}
-
-impl Iterator for LineIter<'_> {
-    type Item = Range<usize>;
-    fn next(&mut self) -> Option<Range<usize>> {
-        if self.pos >= self.end {
-            return None;
-        }
-        let rest = &self.buf[self.pos..self.end];
-        let nl = rest.iter().position(|&b| b == b'\n')?;
-        let mut line_end = self.pos + nl;
-        if line_end > self.pos && self.buf[line_end - 1] == b'\r' {
-            line_end -= 1;
-        }
-        let line = self.pos..line_end;
-        self.pos += nl + 1;
-        Some(line)
-    }
-}
-
-fn parse_request_line(line: &[u8]) -> Result<(String, String, bool), HeadError> {
-    let text = std::str::from_utf8(line).map_err(|_| HeadError::Malformed("request line"))?;
-    let mut parts = text.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(HeadError::Malformed("request line"));
-    };
-    if method.is_empty() || !method.bytes().all(is_token_byte) {
-        return Err(HeadError::Malformed("method"));
-    }
-    if target.is_empty() || target.contains(['\t', '#']) {
-        return Err(HeadError::Malformed("request target"));
-    }
-    let http10 = match version {
-        "HTTP/1.1" => false,
-        "HTTP/1.0" => true,
-        v if v.starts_with("HTTP/") => return Err(HeadError::Version),
-        _ => return Err(HeadError::Malformed("version")),
-    };
-    Ok((method.to_string(), target.to_string(), http10))
-}
-
-fn split_header(buf: &[u8], line: Range<usize>) -> Result<(Range<usize>, Range<usize>), HeadError> {
-    let bytes = &buf[line.clone()];
-    let colon = bytes
+/// Bytes a head must not hold, whatever httparse tolerates: control and non-ASCII bytes (text
+/// that could garble logs), and a carriage return that does not end a line (a forged line).
+fn check_bytes(head: &[u8]) -> Result<(), HeadError> {
+    if head
         .iter()
-        .position(|&b| b == b':')
-        .ok_or(HeadError::Malformed("header without colon"))?;
-    if colon == 0 || !bytes[..colon].iter().copied().all(is_token_byte) {
-        // Also refuses obsolete line folding (a line starting with white space).
-        return Err(HeadError::Malformed("header name"));
+        .any(|&b| b >= 0x80 || (b < 0x20 && !matches!(b, b'\r' | b'\n' | b'\t')) || b == 0x7f)
+    {
+        return Err(HeadError::Malformed("control or non-ASCII byte"));
     }
-    let mut start = line.start + colon + 1;
-    let mut end = line.end;
-    while start < end && matches!(buf[start], b' ' | b'\t') {
-        start += 1;
+    if head.windows(2).any(|w| w[0] == b'\r' && w[1] != b'\n') {
+        return Err(HeadError::Malformed("bare carriage return"));
     }
-    while end > start && matches!(buf[end - 1], b' ' | b'\t') {
-        end -= 1;
+    Ok(())
+}
+
+/// The refusal for what httparse rejected; the message names the part that is wrong.
+fn refusal(error: httparse::Error, buf: &[u8]) -> HeadError {
+    let first_line = buf.split(|&b| b == b'\n').next().unwrap_or(buf);
+    match error {
+        httparse::Error::TooManyHeaders => HeadError::TooLarge,
+        // HTTP/2.0, HTTP/9.9: a version keyrelay does not speak (505), not garbage.
+        httparse::Error::Version
+            if first_line
+                .rsplit(|&b| b == b' ')
+                .next()
+                .is_some_and(|version| version.starts_with(b"HTTP/")) =>
+        {
+            HeadError::Version
+        }
+        _ => {
+            let seen = &buf[..buf.len().min(MAX_HEAD_BYTES)];
+            if let Err(specific) = check_bytes(seen) {
+                return specific;
+            }
+            HeadError::Malformed(match error {
+                httparse::Error::HeaderName => "header name",
+                httparse::Error::HeaderValue => "header value",
+                httparse::Error::NewLine => "line ending",
+                _ => "request line",
+            })
+        }
     }
-    Ok((line.start..line.start + colon, start..end))
 }
 
 fn apply_header(head: &mut Head, name: &[u8], value: &[u8]) -> Result<(), HeadError> {
@@ -298,10 +240,6 @@ fn apply_header(head: &mut Head, name: &[u8], value: &[u8]) -> Result<(), HeadEr
         head.expect_continue = true;
     }
     Ok(())
-}
-
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]
@@ -402,7 +340,7 @@ mod tests {
             ),
             (
                 "GET / HTTP/1.1\r\nNoColon\r\n\r\n".into(),
-                HeadError::Malformed("header without colon"),
+                HeadError::Malformed("header name"),
             ),
             (
                 "GET /a\rFAKE HTTP/1.1\r\n\r\n".into(),
