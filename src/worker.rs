@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use log::error;
 
 use crate::forward::{self, After, Progress, RequestLog};
-use crate::listen::{Front, Interest, Job, Phase, parse_head, peer_gone};
+use crate::listen::{Conn, Front, Interest, Job, Phase, parse_head, peer_gone};
 use crate::stream::RelayBuffer;
 
 /// Stack size of a worker: address space only (untouched pages cost no memory), sized for a
@@ -21,13 +21,21 @@ const GONE_CHECK_AFTER: Duration = Duration::from_millis(1);
 /// Serves queued requests until the process exits.
 pub(crate) fn run(front: &Front) {
     let mut buffer = RelayBuffer::default();
+    let mut counted = true;
     loop {
-        let job = front.queue.take();
-        serve(front, job, &mut buffer);
+        let job = front.queue.take(counted);
+        counted = false;
+        if let Some(conn) = serve(front, job, &mut buffer) {
+            front.queue.returning();
+            counted = true;
+            front.park(conn, Interest::Read);
+        }
     }
 }
 
-fn serve(front: &Front, job: Job, buffer: &mut RelayBuffer) {
+/// Serves the job's request and any complete one behind it; returns the connection when it
+/// goes back to the listener to wait for its next request.
+fn serve(front: &Front, job: Job, buffer: &mut RelayBuffer) -> Option<Conn> {
     let proxy = &front.proxy;
     let _busy = proxy.metrics.worker_busy();
     let Job {
@@ -54,7 +62,7 @@ fn serve(front: &Front, job: Job, buffer: &mut RelayBuffer) {
                 note: " aborted=client-gone",
             }
             .write();
-            return;
+            return None;
         }
         let mut progress = Progress::default();
         let stopping = front.is_stopping();
@@ -80,9 +88,12 @@ fn serve(front: &Front, job: Job, buffer: &mut RelayBuffer) {
             After::Close
         });
         match after {
-            After::Close => return,
-            After::Linger => return front.linger(conn),
-            After::KeepAlive if front.is_stopping() => return,
+            After::Close => return None,
+            After::Linger => {
+                front.linger(conn);
+                return None;
+            }
+            After::KeepAlive if front.is_stopping() => return None,
             After::KeepAlive => {}
         }
         // A complete request already buffered behind this one is served here, in order.
@@ -96,12 +107,13 @@ fn serve(front: &Front, job: Job, buffer: &mut RelayBuffer) {
             Err(error) => {
                 let own = crate::listen::refusal(proxy, &error.into(), None, Duration::ZERO);
                 let _ = std::io::Write::write_all(&mut &conn.tcp, &own.bytes);
-                return front.linger(conn);
+                front.linger(conn);
+                return None;
             }
             Ok(None) => {
                 conn.head_started = (!conn.buf.is_empty()).then(Instant::now);
                 conn.phase = Phase::Reading;
-                return front.park(conn, Interest::Read);
+                return Some(conn);
             }
         }
     }

@@ -24,7 +24,8 @@ pub struct Job {
 #[derive(Default)]
 struct State {
     jobs: VecDeque<Job>,
-    /// Workers blocked in [`WorkQueue::take`].
+    /// Workers blocked in [`WorkQueue::take`], and those started but not there yet (counting
+    /// them keeps a burst from starting a thread per request while the first ones start).
     idle: usize,
     /// Workers started so far.
     spawned: usize,
@@ -65,6 +66,7 @@ impl WorkQueue {
         let spawn = state.jobs.len() > state.idle && state.spawned < self.max_workers;
         if spawn {
             state.spawned += 1;
+            state.idle += 1;
             self.load.set_workers(state.spawned);
         }
         spawn
@@ -74,13 +76,23 @@ impl WorkQueue {
     pub fn spawn_failed(&self) {
         let mut state = self.lock();
         state.spawned -= 1;
+        state.idle -= 1;
         self.load.set_workers(state.spawned);
     }
 
-    /// Blocks until a job is there and takes it.
-    pub fn take(&self) -> Job {
+    /// Counts the calling worker idle ahead of its next [`take`](Self::take): it is about to
+    /// hand a connection back, whose next request may be queued before it gets there.
+    pub fn returning(&self) {
+        self.lock().idle += 1;
+    }
+
+    /// Blocks until a job is there and takes it. `counted`: the worker is already counted idle
+    /// (just started, or announced by [`returning`](Self::returning)).
+    pub fn take(&self, counted: bool) -> Job {
         let mut state = self.lock();
-        state.idle += 1;
+        if !counted {
+            state.idle += 1;
+        }
         loop {
             if let Some(job) = state.jobs.pop_front() {
                 state.idle -= 1;

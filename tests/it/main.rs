@@ -4,6 +4,7 @@
 mod support;
 
 mod config;
+mod frontend;
 mod hardening;
 mod keys;
 mod logging;

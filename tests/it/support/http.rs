@@ -1,7 +1,7 @@
 //! Raw-socket HTTP client for talking to the proxy with full control over the bytes: every read has
 //! a timeout, requests default to `Connection: close`, streaming bodies are decoded incrementally.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -381,4 +381,48 @@ impl Conn {
             }
         }
     }
+}
+
+/// Reads from `stream` until EOF, an error (reset, timeout) or `deadline`; returns the bytes and
+/// whether the connection was seen to end (EOF or reset) rather than stay open until `deadline`.
+pub fn read_until_closed(stream: &mut TcpStream, deadline: Instant) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (out, false);
+        }
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .expect("read timeout");
+        match stream.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return (out, false);
+            }
+            Err(_) => return (out, true),
+        }
+    }
+}
+
+/// Polls until a GET of `path` on a new connection is answered 200 (each try bounded by 2 s), or
+/// `timeout` passes; how long that took, `None` if it never was.
+pub fn served_within(port: u16, path: &str, timeout: Duration) -> Option<Duration> {
+    const TRY: Duration = Duration::from_secs(2);
+    let started = Instant::now();
+    let served = super::wait_until(timeout, || {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = stream.set_write_timeout(Some(TRY));
+        if stream.write_all(&Req::get(path).to_bytes(port)).is_err() {
+            return false;
+        }
+        let (received, _) = read_until_closed(&mut stream, Instant::now() + TRY);
+        received.starts_with(b"HTTP/1.1 200 ") || received.starts_with(b"HTTP/1.0 200 ")
+    });
+    served.then(|| started.elapsed())
 }
