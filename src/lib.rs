@@ -28,29 +28,20 @@
 //!
 //! No level ever prints a key, a client credential or a raw query string: keys print as masks.
 
-pub mod access;
 pub mod admin;
-mod attempt;
-mod body;
-pub mod catalog;
-pub mod cli;
+mod agent;
 pub mod config;
-pub mod env_file;
 pub mod error;
-mod forward;
-pub mod headers;
-pub mod json;
+mod headers;
+mod json;
 pub mod keys;
 pub mod listen;
-pub mod load;
-pub mod metrics;
-pub mod outcome;
-pub mod provider;
+mod load;
+mod provider;
 pub mod proxy;
-pub mod request_id;
+mod relay;
+mod request_id;
+mod request_log;
 mod respond;
 pub mod server;
-pub mod stream;
-pub mod upstream;
 pub mod utc;
-mod worker;

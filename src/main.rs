@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use keyrelay::cli::{self, Command};
+use keyrelay::config::cli::{self, Command};
 use keyrelay::config::{Config, LogLevel, layered_lookup};
 use keyrelay::listen::{self, FrontSettings};
 use keyrelay::proxy::Proxy;

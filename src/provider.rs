@@ -152,6 +152,21 @@ pub fn strip_query_param(query: &str, name: &str) -> String {
         .join("&")
 }
 
+/// `/openai/v1/x` → (`openai`, `v1/x`).
+pub fn split_route(path: &str) -> (&str, &str) {
+    let trimmed = path.trim_start_matches('/');
+    trimmed.split_once('/').unwrap_or((trimmed, ""))
+}
+
+/// The error shape of the provider a path is for (OpenAI's when none).
+pub fn shape_for(providers: &[Provider], path: &str) -> ErrorShape {
+    let (name, _) = split_route(path);
+    providers
+        .iter()
+        .find(|p| p.name == name)
+        .map_or(ErrorShape::OpenAi, |p| p.shape)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

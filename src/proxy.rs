@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use ureq::Agent;
 
-use crate::access::AccessTokens;
+use crate::admin::metrics::Metrics;
+use crate::agent;
 use crate::config::Config;
+use crate::keys::access::AccessTokens;
 use crate::load::Load;
-use crate::metrics::Metrics;
 use crate::provider::Provider;
 use crate::request_id::RequestIds;
-use crate::upstream;
 
 /// Limits applied to every request.
 #[derive(Debug, Clone, Copy)]
@@ -55,7 +55,7 @@ impl Proxy {
     pub fn new(config: &Config) -> Proxy {
         Proxy {
             providers: RwLock::new(Arc::new(build_providers(config))),
-            agent: upstream::agent(
+            agent: agent::agent(
                 config.connect_timeout,
                 config.upstream_timeout,
                 config.workers,

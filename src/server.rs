@@ -62,7 +62,7 @@ impl Listener {
     ) -> io::Result<()> {
         let mut signals = self.signals;
         let load = Arc::clone(&proxy.load);
-        let front = Front::new(proxy, settings.front)?;
+        let front = Front::new(proxy, settings.front, crate::relay::worker::run)?;
         let listener_front = Arc::clone(&front);
         let tcp = self.tcp;
         thread::Builder::new()

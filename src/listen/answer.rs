@@ -8,13 +8,14 @@ use super::conn::AfterWrite;
 use super::head::Head;
 use super::queue::Job;
 use crate::admin::{self, Page};
-use crate::attempt::Answer;
 use crate::error::ProxyError;
-use crate::forward::{RequestLog, shape_for};
 use crate::provider::ErrorShape;
+use crate::provider::shape_for;
 use crate::proxy::Proxy;
+use crate::request_log::RequestLog;
+use crate::respond::answer::Answer;
+use crate::respond::stream::RelayBuffer;
 use crate::respond::{ClientInfo, deliver};
-use crate::stream::RelayBuffer;
 
 /// A rendered answer and what follows it.
 pub struct Own {

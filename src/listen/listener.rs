@@ -53,6 +53,13 @@ pub struct FrontSettings {
     pub queue_timeout: Duration,
 }
 
+/// What a worker thread runs: take jobs from [`Front::queue`] until the process exits.
+pub type WorkerLoop = fn(&Front);
+
+/// Stack size of a worker: address space only (untouched pages cost no memory), sized for a
+/// TLS handshake with the upstream, which the plain-HTTP tests never exercise.
+const WORKER_STACK: usize = 1024 * 1024;
+
 /// What the listener and the workers share.
 pub struct Front {
     pub(crate) poller: Poller,
@@ -63,11 +70,16 @@ pub struct Front {
     /// Set on SIGTERM: no new connections, idle ones close, answers end with `close`.
     pub(crate) stopping: AtomicBool,
     settings: FrontSettings,
+    worker: WorkerLoop,
 }
 
 impl Front {
-    /// A front end for `proxy`.
-    pub fn new(proxy: Arc<Proxy>, settings: FrontSettings) -> io::Result<Arc<Front>> {
+    /// A front end for `proxy` whose worker threads run `worker`.
+    pub fn new(
+        proxy: Arc<Proxy>,
+        settings: FrontSettings,
+        worker: WorkerLoop,
+    ) -> io::Result<Arc<Front>> {
         Ok(Arc::new(Front {
             poller: Poller::new()?,
             parked: Mutex::new(HashMap::new()),
@@ -75,6 +87,7 @@ impl Front {
             proxy,
             stopping: AtomicBool::new(false),
             settings,
+            worker,
         }))
     }
 
@@ -117,10 +130,11 @@ impl Front {
         self.proxy.load.request_started();
         if self.queue.push(job) {
             let front = Arc::clone(self);
+            let worker = self.worker;
             let spawned = std::thread::Builder::new()
                 .name("worker".into())
-                .stack_size(crate::worker::STACK)
-                .spawn(move || crate::worker::run(&front));
+                .stack_size(WORKER_STACK)
+                .spawn(move || worker(&front));
             if let Err(err) = spawned {
                 self.queue.spawn_failed();
                 warn!(

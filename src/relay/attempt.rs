@@ -9,50 +9,19 @@ use std::time::{Instant, SystemTime};
 use log::{debug, warn};
 use ureq::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
-use crate::admin::Rendered;
+use super::incoming::Incoming;
+use super::outcome::{Verdict, rate_limit_cooldown, verdict};
+use super::upstream::{self, CallFailure};
 use crate::config::REJECTED_KEY_BENCH;
 use crate::error::ProxyError;
-use crate::forward::Incoming;
 use crate::headers::forward_request_header;
 use crate::keys::{AttemptClass, BenchReason};
-use crate::outcome::{Verdict, rate_limit_cooldown, verdict};
-use crate::provider::{AuthStyle, ErrorShape, Provider};
+use crate::provider::{AuthStyle, Provider};
 use crate::proxy::Proxy;
-use crate::upstream::{self, CallFailure};
+use crate::respond::answer::{Answer, SavedAnswer};
 
 /// Largest error body from upstream kept to relay or to read a retry delay from.
 const MAX_ERROR_BODY: u64 = 1024 * 1024;
-
-/// How the request is answered, decided before the client connection is written to.
-pub(crate) enum Answer {
-    /// An error keyrelay writes itself.
-    Error {
-        error: ProxyError,
-        shape: ErrorShape,
-        attempts: u32,
-    },
-    /// An upstream answer, relayed as it streams in.
-    Live {
-        response: ureq::http::Response<ureq::Body>,
-        attempts: u32,
-        key: String,
-    },
-    /// One of keyrelay's own pages.
-    Page(Rendered),
-    /// An upstream answer already read (the last 401/403/5xx after every key failed).
-    Saved {
-        answer: SavedAnswer,
-        attempts: u32,
-        key: String,
-    },
-}
-
-/// A complete upstream answer held in memory.
-pub(crate) struct SavedAnswer {
-    pub(crate) status: u16,
-    pub(crate) headers: HeaderMap,
-    pub(crate) body: Vec<u8>,
-}
 
 /// The parts of the upstream request that are the same for every attempt.
 pub(crate) struct UpstreamRequest {

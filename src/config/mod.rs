@@ -1,13 +1,16 @@
 //! Configuration: environment variables (and a `.env` file beneath them) turned into a validated
 //! [`Config`]. Lookups go through a function so tests never touch the process environment.
 
+pub mod catalog;
+pub mod cli;
+pub mod env_file;
+
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::admin::Page;
-use crate::catalog::{ALWAYS, known};
-use crate::env_file::{EnvFileError, parse_env_file};
+use crate::config::catalog::{ALWAYS, known};
+use crate::config::env_file::{EnvFileError, parse_env_file};
 use crate::keys::ApiKey;
 use crate::provider::{AuthStyle, ErrorShape, env_prefix, keys_var_for};
 
@@ -141,6 +144,10 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "true lets HOST be a non-loopback address without PROXY_API_KEYS",
     },
 ];
+
+/// First path segments keyrelay's own pages use, which no provider may take as its route name
+/// (admin's tests check that each is one of its pages).
+pub const RESERVED_ROUTES: [&str; 4] = ["health", "healthz", "status", "metrics"];
 
 /// How long a key answered with 401/403 stays benched: long enough to stop hammering a revoked
 /// key, short enough that a key fixed upstream comes back without a restart.
@@ -358,7 +365,7 @@ fn parse_providers(
         let valid = name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !valid || Page::at(&format!("/{name}")).is_some() || name == "healthz" {
+        if !valid || RESERVED_ROUTES.contains(&name) {
             return Err(ConfigError::Invalid {
                 var: "PROVIDERS".to_string(),
                 reason: format!(

@@ -4,54 +4,19 @@
 
 use std::time::{Duration, Instant};
 
-use log::info;
-
+use super::attempt::{UpstreamRequest, attempt};
+use super::body::{BodyError, read_body};
+use super::incoming::Incoming;
+use crate::admin::metrics::route_label;
 use crate::admin::{self, Page};
-use crate::attempt::{Answer, UpstreamRequest, attempt};
-use crate::body::{BodyError, read_body};
 use crate::error::ProxyError;
-use crate::headers::connection_tokens;
 use crate::listen::{Conn, Head};
-use crate::metrics::route_label;
-use crate::provider::{ErrorShape, Provider};
+use crate::provider::{ErrorShape, Provider, shape_for, split_route};
 use crate::proxy::{Proxy, routes};
+use crate::request_log::RequestLog;
+use crate::respond::answer::Answer;
+use crate::respond::stream::RelayBuffer;
 use crate::respond::{ClientInfo, deliver};
-use crate::stream::RelayBuffer;
-
-/// A request as the relay sees it: the client's end-to-end headers (those its `Connection`
-/// header names are left out) and its body.
-pub(crate) struct Incoming {
-    pub(crate) method: String,
-    pub(crate) headers: Vec<(String, String)>,
-    pub(crate) body: Result<Vec<u8>, ProxyError>,
-}
-
-impl Incoming {
-    fn from_head(buf: &[u8], head: &Head) -> Incoming {
-        let listed: Vec<String> = head
-            .header_pairs(buf)
-            .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
-            .flat_map(|(_, value)| connection_tokens(Some(value)))
-            .collect();
-        let headers = head
-            .header_pairs(buf)
-            .filter(|(name, _)| !listed.iter().any(|t| name.eq_ignore_ascii_case(t)))
-            .map(|(name, value)| (name.to_string(), value.to_string()))
-            .collect();
-        Incoming {
-            method: head.method.clone(),
-            headers,
-            body: Ok(Vec::new()),
-        }
-    }
-
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
 
 /// How far a request's handling got, for the worker to finish up after a panic.
 #[derive(Debug, Default)]
@@ -69,38 +34,6 @@ pub enum After {
     Close,
     /// The request was refused with its body unread: shut the write side and linger.
     Linger,
-}
-
-/// One request log line: `req=… METHOD /path status= attempts= key= ms= queued_ms=` and a note.
-pub(crate) struct RequestLog<'a> {
-    pub(crate) id: &'a str,
-    pub(crate) method: &'a str,
-    pub(crate) path: &'a str,
-    pub(crate) status: u16,
-    pub(crate) attempts: u32,
-    pub(crate) key: Option<&'a str>,
-    /// From the complete head to the end of the answer, queue wait included.
-    pub(crate) elapsed: Duration,
-    /// Time spent waiting for a worker.
-    pub(crate) queued: Duration,
-    pub(crate) note: &'a str,
-}
-
-impl RequestLog<'_> {
-    pub(crate) fn write(&self) {
-        info!(
-            "req={} {} {} status={} attempts={} key={} ms={} queued_ms={}{}",
-            self.id,
-            self.method,
-            self.path,
-            self.status,
-            self.attempts,
-            self.key.unwrap_or("-"),
-            self.elapsed.as_millis(),
-            self.queued.as_millis(),
-            self.note
-        );
-    }
 }
 
 /// Handles the request whose `head` starts `conn.buf`, answering on `conn`, and logs it.
@@ -255,19 +188,4 @@ fn decide(
         Some(upstream) => attempt(proxy, provider, &upstream, body, model.as_deref()),
         None => local(ProxyError::BadRequest, shape),
     }
-}
-
-/// `/openai/v1/x` → (`openai`, `v1/x`).
-pub(crate) fn split_route(path: &str) -> (&str, &str) {
-    let trimmed = path.trim_start_matches('/');
-    trimmed.split_once('/').unwrap_or((trimmed, ""))
-}
-
-/// The error shape of the provider a path is for (OpenAI's when none).
-pub(crate) fn shape_for(providers: &[Provider], path: &str) -> ErrorShape {
-    let (name, _) = split_route(path);
-    providers
-        .iter()
-        .find(|p| p.name == name)
-        .map_or(ErrorShape::OpenAi, |p| p.shape)
 }

@@ -1,45 +1,10 @@
-//! The shared ureq agent and one upstream call: settings that make ureq a transparent relay
-//! (no redirects, no decompression, statuses as answers) and the mapping of its errors to what
-//! the retry loop needs to know.
+//! One upstream call through the shared agent, and the mapping of its errors to what the retry
+//! loop needs to know.
 
 use std::io;
-use std::time::Duration;
 
 use ureq::http::{self, HeaderMap, Method, Response, Uri};
 use ureq::{Agent, Body, Timeout};
-
-/// Per-connection read buffer, also the largest upstream response head accepted.
-const INPUT_BUFFER: usize = 16 * 1024;
-/// Per-connection write buffer: holds a whole request head, which the guard bounds to
-/// [`MAX_HEAD_BYTES`](crate::listen::MAX_HEAD_BYTES), plus room for the injected key.
-const OUTPUT_BUFFER: usize = crate::listen::MAX_HEAD_BYTES + 4 * 1024;
-
-/// Builds the agent every worker shares (it holds the upstream connection pool).
-pub fn agent(connect_timeout: Duration, upstream_timeout: Duration, workers: usize) -> Agent {
-    let config = Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .allow_non_standard_methods(true)
-        .user_agent(ureq::config::AutoHeaderValue::None)
-        .accept(ureq::config::AutoHeaderValue::None)
-        // Idle connections kept per upstream host: enough that a burst rarely reconnects (the
-        // default of 3 opened thousands of connections under load), few enough that finding one
-        // stays cheap (ureq searches its pool linearly on every request).
-        .max_idle_connections(workers.clamp(8, 64))
-        .max_idle_connections_per_host(workers.clamp(8, 64))
-        // ureq's 128 KiB default buffers are allocated per pooled connection; LLM API heads are
-        // a few KiB, and body bytes stream through the relay buffer anyway.
-        .input_buffer_size(INPUT_BUFFER)
-        .output_buffer_size(OUTPUT_BUFFER)
-        .max_response_header_size(INPUT_BUFFER)
-        .timeout_connect(Some(connect_timeout))
-        .timeout_recv_response(Some(upstream_timeout))
-        .timeout_send_body(Some(upstream_timeout))
-        // Bounds silence on a stream, not its length: long generations keep flowing.
-        .timeout_per_read(Some(upstream_timeout))
-        .build();
-    Agent::new_with_config(config)
-}
 
 /// Why an upstream call produced no answer.
 #[derive(Debug)]

@@ -114,7 +114,7 @@ mod tests {
 
     #[test]
     fn help_lists_every_variable_of_the_readme_table() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         let names: Vec<&str> = readme
             .lines()
             .filter_map(|line| line.strip_prefix("| ")?.split(" |").next())

@@ -1,13 +1,16 @@
 //! Writing the chosen answer to the client: the head by hand (framing chosen for this client
 //! and this answer), then the body through the relay, one write per upstream read.
 
+pub mod answer;
+pub mod stream;
+
 use std::io::Write;
 
 use ureq::http::{HeaderMap, HeaderValue};
 
-use crate::attempt::{Answer, SavedAnswer};
 use crate::headers::{connection_tokens, is_hop_by_hop};
-use crate::stream::{Framing, RelayBuffer, RelayError, reason_phrase, relay_body};
+use crate::respond::answer::{Answer, SavedAnswer};
+use crate::respond::stream::{Framing, RelayBuffer, RelayError, reason_phrase, relay_body};
 
 /// What happened to a request, for its log line.
 pub(crate) struct Report {
@@ -144,8 +147,8 @@ pub(crate) fn write_saved(
 pub(crate) fn relay_note(result: &Result<u64, RelayError>) -> &'static str {
     match result {
         Ok(_) => "",
-        Err(RelayError::ClientGone(_)) => " aborted=client-gone",
-        Err(RelayError::Upstream(_)) => " aborted=upstream-failed",
+        Err(RelayError::ClientGone) => " aborted=client-gone",
+        Err(RelayError::Upstream) => " aborted=upstream-failed",
     }
 }
 

@@ -7,19 +7,16 @@ use std::time::{Duration, Instant};
 
 use log::error;
 
-use crate::forward::{self, After, Progress, RequestLog};
+use super::forward::{self, After, Progress};
 use crate::listen::{Conn, Front, Interest, Job, Phase, parse_head, peer_gone};
-use crate::stream::RelayBuffer;
-
-/// Stack size of a worker: address space only (untouched pages cost no memory), sized for a
-/// TLS handshake with the upstream, which the plain-HTTP tests never exercise.
-pub(crate) const STACK: usize = 1024 * 1024;
+use crate::request_log::RequestLog;
+use crate::respond::stream::RelayBuffer;
 
 /// A request that waited at least this long is checked for a client that left meanwhile.
 const GONE_CHECK_AFTER: Duration = Duration::from_millis(1);
 
 /// Serves queued requests until the process exits.
-pub(crate) fn run(front: &Front) {
+pub fn run(front: &Front) {
     let mut buffer = RelayBuffer::default();
     let mut counted = true;
     loop {

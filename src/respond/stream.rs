@@ -33,9 +33,9 @@ impl Framing {
 #[derive(Debug)]
 pub enum RelayError {
     /// Writing to the client failed: it went away or stopped reading.
-    ClientGone(io::Error),
+    ClientGone,
     /// Reading the upstream body failed (reset, timeout) after the head was sent.
-    Upstream(io::Error),
+    Upstream,
 }
 
 /// Room kept in front of each chunk for its size line (`ffffffff\r\n` at most).
@@ -79,12 +79,12 @@ pub fn relay_body(
         let data = SIZE_LINE_ROOM..SIZE_LINE_ROOM + RELAY_BUFFER;
         let n = match read_some(body, &mut buf[data]) {
             Ok(n) => n,
-            Err(err) => {
+            Err(_) => {
                 if let Some(head) = pending_head {
                     // The client still gets the status and headers it was waiting for.
                     let _ = send(client, &head);
                 }
-                return Err(RelayError::Upstream(err));
+                return Err(RelayError::Upstream);
             }
         };
         if n == 0 {
@@ -140,7 +140,7 @@ fn send(client: &mut dyn Write, bytes: &[u8]) -> Result<(), RelayError> {
     client
         .write_all(bytes)
         .and_then(|_| client.flush())
-        .map_err(RelayError::ClientGone)
+        .map_err(|_| RelayError::ClientGone)
 }
 
 fn read_some(body: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {

@@ -1,0 +1,82 @@
+//! `/status`: per provider and key (masked), its state, cooldowns and counters, as JSON.
+
+use std::time::{Instant, SystemTime};
+
+use crate::json::quote;
+use crate::keys::{BenchReason, KeySnapshot};
+use crate::proxy::Proxy;
+use crate::utc::format_rfc3339;
+
+pub(super) fn key_state(snapshot: &KeySnapshot) -> (&'static str, Option<Instant>) {
+    let whole = snapshot.benches.iter().filter(|b| b.model.is_none());
+    let rejected = whole
+        .clone()
+        .filter(|b| matches!(b.reason, BenchReason::Rejected(_)))
+        .map(|b| b.until)
+        .max();
+    if rejected.is_some() {
+        return ("benched_invalid", rejected);
+    }
+    match whole.map(|b| b.until).max() {
+        Some(until) => ("cooling", Some(until)),
+        None => ("ready", None),
+    }
+}
+
+fn wall_time(until: Instant, now: Instant, wall_now: SystemTime) -> String {
+    format_rfc3339(wall_now + until.saturating_duration_since(now))
+}
+
+pub(super) fn status(proxy: &Proxy) -> String {
+    let now = Instant::now();
+    let wall_now = SystemTime::now();
+    let mut providers = Vec::new();
+    for provider in proxy.providers().iter() {
+        let mut keys = Vec::new();
+        for snap in provider.pool.snapshot(now) {
+            let (state, until) = key_state(&snap);
+            let cooldowns: Vec<String> = snap
+                .benches
+                .iter()
+                .map(|b| {
+                    format!(
+                        r#"{{"model":{},"until":{},"reason":{}}}"#,
+                        b.model.as_deref().map_or("null".to_string(), quote),
+                        quote(&wall_time(b.until, now, wall_now)),
+                        quote(&b.reason.to_string())
+                    )
+                })
+                .collect();
+            let s = &snap.stats;
+            keys.push(format!(
+                r#"{{"key":{},"state":{},"until":{},"cooldowns":[{}],"requests":{},"successes":{},"rate_limited":{},"other_errors":{},"last_error":{}}}"#,
+                quote(&snap.mask),
+                quote(state),
+                until.map_or("null".to_string(), |u| quote(&wall_time(u, now, wall_now))),
+                cooldowns.join(","),
+                s.requests,
+                s.successes,
+                s.rate_limited,
+                s.other_errors,
+                s.last_error.map_or("null".to_string(), |c| quote(c.label()))
+            ));
+        }
+        providers.push(format!(
+            r#"{{"name":{},"base_url":{},"keys":[{}]}}"#,
+            quote(&provider.name),
+            quote(&provider.base_url),
+            keys.join(",")
+        ));
+    }
+    format!(
+        r#"{{"status":"ok","version":{},"uptime_secs":{},"connections":{},"in_flight":{},"queued":{},"workers":{},"workers_busy":{},"providers":[{}]}}"#,
+        quote(env!("CARGO_PKG_VERSION")),
+        proxy.started.elapsed().as_secs(),
+        proxy.load.connections(),
+        proxy.load.in_flight(),
+        proxy.load.queued(),
+        proxy.load.workers(),
+        proxy.metrics.workers_busy(),
+        providers.join(",")
+    )
+}

@@ -1,0 +1,49 @@
+//! A secret API key, and the mask that is the only form of it ever printed.
+
+use std::fmt;
+
+/// A secret API key. `Display` and `Debug` print only its mask; the secret is reachable only
+/// through [`ApiKey::secret`], which the request builder calls to inject it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Wraps a key.
+    pub fn new(secret: impl Into<String>) -> Self {
+        ApiKey(secret.into())
+    }
+
+    /// The key itself, for the upstream request only.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+
+    /// A form that is safe to log: first 4 and last 4 characters for keys of 12 or more
+    /// characters, `***` for shorter ones (too little would be left hidden).
+    pub fn mask(&self) -> String {
+        mask_secret(&self.0)
+    }
+}
+
+/// Masks any secret the way keys are masked; also used for client tokens.
+pub fn mask_secret(secret: &str) -> String {
+    let chars: Vec<char> = secret.chars().collect();
+    if chars.len() < 12 {
+        return "***".to_string();
+    }
+    let head: String = chars[..4].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}...{tail}")
+}
+
+impl fmt::Display for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.mask())
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKey({})", self.mask())
+    }
+}

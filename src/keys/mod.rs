@@ -1,0 +1,9 @@
+//! Keys: the pool keys keyrelay injects (masked whenever shown) and the client access tokens it
+//! checks.
+
+pub mod access;
+mod key;
+mod pool;
+
+pub use key::{ApiKey, mask_secret};
+pub use pool::*;

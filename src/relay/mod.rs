@@ -1,0 +1,10 @@
+//! The relay: workers that read a request's body, pick keys, call the upstream and copy its
+//! answer to the client.
+
+mod attempt;
+mod body;
+mod forward;
+mod incoming;
+mod outcome;
+pub mod upstream;
+pub mod worker;

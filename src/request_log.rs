@@ -1,0 +1,37 @@
+//! The one INFO line per request, written the same way by the listener and the workers.
+
+use std::time::Duration;
+
+use log::info;
+
+/// One request log line: `req=… METHOD /path status= attempts= key= ms= queued_ms=` and a note.
+pub(crate) struct RequestLog<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) status: u16,
+    pub(crate) attempts: u32,
+    pub(crate) key: Option<&'a str>,
+    /// From the complete head to the end of the answer, queue wait included.
+    pub(crate) elapsed: Duration,
+    /// Time spent waiting for a worker.
+    pub(crate) queued: Duration,
+    pub(crate) note: &'a str,
+}
+
+impl RequestLog<'_> {
+    pub(crate) fn write(&self) {
+        info!(
+            "req={} {} {} status={} attempts={} key={} ms={} queued_ms={}{}",
+            self.id,
+            self.method,
+            self.path,
+            self.status,
+            self.attempts,
+            self.key.unwrap_or("-"),
+            self.elapsed.as_millis(),
+            self.queued.as_millis(),
+            self.note
+        );
+    }
+}

@@ -1,0 +1,38 @@
+//! What a request is answered with, decided before the client connection is written to.
+
+use ureq::http::HeaderMap;
+
+use crate::admin::Rendered;
+use crate::error::ProxyError;
+use crate::provider::ErrorShape;
+
+/// How the request is answered, decided before the client connection is written to.
+pub(crate) enum Answer {
+    /// An error keyrelay writes itself.
+    Error {
+        error: ProxyError,
+        shape: ErrorShape,
+        attempts: u32,
+    },
+    /// An upstream answer, relayed as it streams in.
+    Live {
+        response: ureq::http::Response<ureq::Body>,
+        attempts: u32,
+        key: String,
+    },
+    /// One of keyrelay's own pages.
+    Page(Rendered),
+    /// An upstream answer already read (the last 401/403/5xx after every key failed).
+    Saved {
+        answer: SavedAnswer,
+        attempts: u32,
+        key: String,
+    },
+}
+
+/// A complete upstream answer held in memory.
+pub(crate) struct SavedAnswer {
+    pub(crate) status: u16,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Vec<u8>,
+}
