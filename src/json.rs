@@ -26,10 +26,85 @@ pub fn string_fields<'a>(body: &'a [u8], name: &str) -> Vec<&'a str> {
     field_values(body, name).collect()
 }
 
-/// The first string value of a top-level-looking field `name` (see [`string_fields`]); the scan
-/// stops there, so a large request body is not read to its end for its `"model"`.
-pub fn first_string_field<'a>(body: &'a [u8], name: &str) -> Option<&'a str> {
-    field_values(body, name).next()
+/// The string value of member `name` of the top-level object in `body`, skipping nested
+/// objects and arrays (a tool call's `{"model": ...}` argument is not the request's model). The
+/// scan stops at that member; anything malformed gives `None`.
+pub fn top_level_string<'a>(body: &'a [u8], name: &str) -> Option<&'a str> {
+    let mut i = skip_space(body, 0);
+    if body.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_space(body, i);
+        let (key, after_key) = string_at(body, i)?;
+        i = skip_space(body, after_key);
+        if body.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_space(body, i + 1);
+        if key == name.as_bytes() {
+            let (value, _) = string_at(body, i)?;
+            return std::str::from_utf8(value).ok().filter(|v| !v.contains('\\'));
+        }
+        i = skip_space(body, skip_value(body, i)?);
+        match body.get(i) {
+            Some(b',') => i += 1,
+            _ => return None,
+        }
+    }
+}
+
+/// The raw contents of the string starting at `i` (escapes left as they are) and the index
+/// after its closing quote.
+fn string_at(body: &[u8], i: usize) -> Option<(&[u8], usize)> {
+    if body.get(i) != Some(&b'"') {
+        return None;
+    }
+    let mut end = i + 1;
+    while end < body.len() {
+        match body[end] {
+            b'"' => return Some((&body[i + 1..end], end + 1)),
+            b'\\' => end += 2,
+            _ => end += 1,
+        }
+    }
+    None
+}
+
+/// The index just after the JSON value starting at `i`.
+fn skip_value(body: &[u8], i: usize) -> Option<usize> {
+    match body.get(i)? {
+        b'"' => string_at(body, i).map(|(_, end)| end),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut at = i;
+            while at < body.len() {
+                match body[at] {
+                    b'"' => {
+                        at = string_at(body, at)?.1;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(at + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                at += 1;
+            }
+            None
+        }
+        _ => {
+            let len = body[i..]
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t'))?;
+            Some(i + len)
+        }
+    }
 }
 
 /// The string values of fields named `name`, found lazily from the start of `body`.
@@ -93,15 +168,31 @@ mod tests {
     fn finds_fields() {
         let body = br#"{"error":{"details":[{"@type":"x.RetryInfo", "retryDelay" : "37s"}]}}"#;
         assert_eq!(string_fields(body, "retryDelay"), vec!["37s"]);
-        assert_eq!(
-            first_string_field(br#"{"model":"gpt-4o","x":1}"#, "model"),
-            Some("gpt-4o")
-        );
-        assert_eq!(first_string_field(br#"{"model": 3}"#, "model"), None);
-        assert_eq!(
-            first_string_field(br#"{"model":"unterminated"#, "model"),
-            None
-        );
-        assert_eq!(first_string_field(b"", "model"), None);
+    }
+
+    #[test]
+    fn top_level_members_only() {
+        let cases: [(&[u8], Option<&str>); 9] = [
+            (br#"{"model":"gpt-4o","x":1}"#, Some("gpt-4o")),
+            (br#" { "a" : [1, {"model":"no"}], "model" : "yes" } "#, Some("yes")),
+            (
+                br#"{"messages":[{"role":"user","content":[{"type":"tool_use","input":{"model":"gpt-3.5"}}]}],"model":"claude-x"}"#,
+                Some("claude-x"),
+            ),
+            (br#"{"s":"a \"model\": \"no\" }","model":"m"}"#, Some("m")),
+            (br#"{"n":-1.5e3,"t":true,"z":null,"model":"m"}"#, Some("m")),
+            (br#"{"model": 3}"#, None),
+            (br#"{"model":"unterminated"#, None),
+            (br#"{"tools":{"model":"nested"}}"#, None),
+            (b"", None),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(
+                top_level_string(body, "model"),
+                expected,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 }

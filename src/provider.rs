@@ -102,7 +102,7 @@ impl Provider {
             let model = after.split([':', '/', '?']).next()?;
             return (!model.is_empty() && model.len() <= 200).then(|| model.to_string());
         }
-        json::first_string_field(body, "model")
+        json::top_level_string(body, "model")
             .filter(|m| !m.is_empty() && m.len() <= 200)
             .map(str::to_string)
     }
@@ -146,7 +146,11 @@ pub fn strip_query_param(query: &str, name: &str) -> String {
         .split('&')
         .filter(|pair| {
             let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            !key.is_empty() && key != name
+            // Compared as the upstream reads it: `%6Bey` is `key` to Google.
+            let decoded = percent_encoding::percent_decode_str(&key.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned();
+            !key.is_empty() && decoded != name
         })
         .collect::<Vec<_>>()
         .join("&")
@@ -201,6 +205,11 @@ mod tests {
             ("keys=1&key", "keys=1"),
             ("a=1&&b=2", "a=1&b=2"),
             ("q=a+b%20c", "q=a+b%20c"),
+            // By the name the upstream decodes: Google reads `%6Bey` and `k%65y` as `key`.
+            ("%6Bey=tok&a=1", "a=1"),
+            ("a=1&k%65y=tok", "a=1"),
+            ("%6B%65%79", ""),
+            ("keyx=1&%6Beyx=2", "keyx=1&%6Beyx=2"),
         ];
         for (input, expected) in cases {
             assert_eq!(strip_query_param(input, "key"), expected, "{input}");

@@ -3,17 +3,37 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Parses an IMF-fixdate such as `Sun, 06 Nov 1994 08:49:37 GMT`.
+/// Parses an HTTP date in any of the three forms RFC 9110 §5.6.7 requires a recipient to
+/// accept: IMF-fixdate `Sun, 06 Nov 1994 08:49:37 GMT`, RFC 850 `Sunday, 06-Nov-94 08:49:37 GMT`
+/// (two-digit years 70–99 are 19xx, 00–69 20xx) and asctime `Sun Nov  6 08:49:37 1994`.
 pub fn parse_http_date(value: &str) -> Option<SystemTime> {
-    let (_, rest) = value.split_once(", ")?;
-    let mut parts = rest.split(' ');
-    let day: u64 = parts.next()?.parse().ok()?;
-    let month_name = parts.next()?;
-    let month = MONTHS.iter().position(|m| *m == month_name)? as u64 + 1;
-    let year: u64 = parts.next()?.parse().ok().filter(|y| *y <= 9999)?;
-    let mut clock = parts.next()?.split(':').map(|p| p.parse::<u64>().ok());
+    let fields: Vec<&str> = value.split_whitespace().collect();
+    let (day, month, year, clock) = match fields.as_slice() {
+        [weekday, day, month, year, clock, "GMT"] if weekday.ends_with(',') => {
+            (*day, *month, year.parse().ok()?, *clock)
+        }
+        [weekday, date, clock, "GMT"] if weekday.ends_with(',') => {
+            let mut parts = date.split('-');
+            let (day, month, yy) = (parts.next()?, parts.next()?, parts.next()?);
+            if parts.next().is_some() || yy.len() != 2 {
+                return None;
+            }
+            let yy: u64 = yy.parse().ok()?;
+            (day, month, if yy >= 70 { 1900 + yy } else { 2000 + yy }, *clock)
+        }
+        [_weekday, month, day, clock, year] => (*day, *month, year.parse().ok()?, *clock),
+        _ => return None,
+    };
+    let day: u64 = day.parse().ok()?;
+    let month = MONTHS.iter().position(|m| *m == month)? as u64 + 1;
+    let mut clock = clock.split(':').map(|p| p.parse::<u64>().ok());
     let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
-    if parts.next()? != "GMT" || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60
+    if clock.next().is_some()
+        || year > 9999
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
     {
         return None;
     }
@@ -145,5 +165,20 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_secs(784_111_777);
         assert_eq!(format_rfc3339(t), "1994-11-06T08:49:37Z");
         assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(t));
+        assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), Some(t));
+        assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), Some(t));
+        assert_eq!(parse_http_date("Sun Nov 6 08:49:37 1994"), Some(t));
+        let in_2030 = parse_http_date("Tuesday, 01-Jan-30 00:00:00 GMT").unwrap();
+        assert_eq!(in_2030, parse_http_date("Tue, 01 Jan 2030 00:00:00 GMT").unwrap());
+        for bad in [
+            "Sunday, 06-Nov-1994 08:49:37 GMT",
+            "Sun Nov  6 08:49:37",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "Sun Nov  6 25:49:37 1994",
+            "",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+        }
     }
 }

@@ -3,19 +3,25 @@
 use std::time::{Instant, SystemTime};
 
 use crate::json::quote;
-use crate::keys::{BenchReason, KeySnapshot};
+use crate::keys::{AttemptClass, BenchReason, KeySnapshot};
 use crate::proxy::Proxy;
 use crate::utc::format_rfc3339;
 
+/// A key's state (`ready`, `cooling`, `benched_invalid`, `benched_quota`) and until when.
 pub(super) fn key_state(snapshot: &KeySnapshot) -> (&'static str, Option<Instant>) {
     let whole = snapshot.benches.iter().filter(|b| b.model.is_none());
-    let rejected = whole
-        .clone()
-        .filter(|b| matches!(b.reason, BenchReason::Rejected(_)))
-        .map(|b| b.until)
-        .max();
-    if rejected.is_some() {
-        return ("benched_invalid", rejected);
+    let latest = |wanted: fn(&BenchReason) -> bool| {
+        whole
+            .clone()
+            .filter(|b| wanted(&b.reason))
+            .map(|b| b.until)
+            .max()
+    };
+    if let Some(until) = latest(|r| matches!(r, BenchReason::Rejected(_))) {
+        return ("benched_invalid", Some(until));
+    }
+    if let Some(until) = latest(|r| matches!(r, BenchReason::QuotaExhausted(_))) {
+        return ("benched_quota", Some(until));
     }
     match whole.map(|b| b.until).max() {
         Some(until) => ("cooling", Some(until)),
@@ -49,7 +55,7 @@ pub(super) fn status(proxy: &Proxy) -> String {
                 .collect();
             let s = &snap.stats;
             keys.push(format!(
-                r#"{{"key":{},"state":{},"until":{},"cooldowns":[{}],"requests":{},"successes":{},"rate_limited":{},"other_errors":{},"last_error":{}}}"#,
+                r#"{{"key":{},"state":{},"until":{},"cooldowns":[{}],"requests":{},"successes":{},"rate_limited":{},"quota_exhausted":{},"other_errors":{},"last_error":{}}}"#,
                 quote(&snap.mask),
                 quote(state),
                 until.map_or("null".to_string(), |u| quote(&wall_time(u, now, wall_now))),
@@ -57,6 +63,7 @@ pub(super) fn status(proxy: &Proxy) -> String {
                 s.requests,
                 s.successes,
                 s.rate_limited,
+                s.by_class[AttemptClass::QuotaExhausted as usize],
                 s.other_errors,
                 s.last_error.map_or("null".to_string(), |c| quote(c.label()))
             ));

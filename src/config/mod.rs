@@ -153,6 +153,10 @@ pub const RESERVED_ROUTES: [&str; 4] = ["health", "healthz", "status", "metrics"
 /// key, short enough that a key fixed upstream comes back without a restart.
 pub const REJECTED_KEY_BENCH: Duration = Duration::from_secs(30 * 60);
 
+/// How long a key whose balance is spent (429 `insufficient_quota`, 402) stays benched: a
+/// top-up is a person's doing, so an hour between tries costs nothing and recovers on its own.
+pub const QUOTA_BENCH: Duration = Duration::from_secs(60 * 60);
+
 /// Log verbosity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {

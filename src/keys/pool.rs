@@ -14,8 +14,11 @@ use super::key::ApiKey;
 pub enum BenchReason {
     /// The upstream answered 429.
     RateLimited,
-    /// The upstream answered 401 or 403: the key is probably revoked or lacks access.
+    /// The upstream answered 401 or 403, or Gemini's 400 `API_KEY_INVALID`: the key is probably
+    /// revoked or lacks access.
     Rejected(u16),
+    /// The key's balance or billing quota is spent (OpenAI's 429 `insufficient_quota`, 402).
+    QuotaExhausted(u16),
 }
 
 impl fmt::Display for BenchReason {
@@ -23,6 +26,7 @@ impl fmt::Display for BenchReason {
         match self {
             BenchReason::RateLimited => f.write_str("rate limited (429)"),
             BenchReason::Rejected(status) => write!(f, "rejected by upstream ({status})"),
+            BenchReason::QuotaExhausted(status) => write!(f, "quota_exhausted ({status})"),
         }
     }
 }
@@ -45,8 +49,10 @@ pub enum AttemptClass {
     Success,
     /// 429.
     RateLimited,
-    /// 401 / 403.
+    /// 401 / 403 / Gemini's 400 `API_KEY_INVALID`.
     Rejected,
+    /// Spent balance: 429 `insufficient_quota`, 402.
+    QuotaExhausted,
     /// 5xx from the upstream.
     ServerError,
     /// Connect failure or timeout.
@@ -55,10 +61,11 @@ pub enum AttemptClass {
 
 impl AttemptClass {
     /// Every class, in a fixed order.
-    pub const ALL: [AttemptClass; 5] = [
+    pub const ALL: [AttemptClass; 6] = [
         AttemptClass::Success,
         AttemptClass::RateLimited,
         AttemptClass::Rejected,
+        AttemptClass::QuotaExhausted,
         AttemptClass::ServerError,
         AttemptClass::Unreachable,
     ];
@@ -69,6 +76,7 @@ impl AttemptClass {
             AttemptClass::Success => "success",
             AttemptClass::RateLimited => "rate_limited",
             AttemptClass::Rejected => "rejected",
+            AttemptClass::QuotaExhausted => "quota_exhausted",
             AttemptClass::ServerError => "server_error",
             AttemptClass::Unreachable => "unreachable",
         }
@@ -84,12 +92,12 @@ pub struct KeyStats {
     pub successes: u64,
     /// 429 answers.
     pub rate_limited: u64,
-    /// Every other failure (401/403, 5xx, unreachable).
+    /// Every other failure (rejected, quota exhausted, 5xx, unreachable).
     pub other_errors: u64,
     /// The class of the last failure, if any.
     pub last_error: Option<AttemptClass>,
     /// Attempts by outcome, indexed like [`AttemptClass::ALL`].
-    pub by_class: [u64; 5],
+    pub by_class: [u64; AttemptClass::ALL.len()],
 }
 
 /// A snapshot of one key for status pages.

@@ -10,9 +10,9 @@ use log::{debug, warn};
 use ureq::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
 use super::incoming::Incoming;
-use super::outcome::{Verdict, rate_limit_cooldown, verdict};
+use super::outcome::{Verdict, needs_body, rate_limit_cooldown, verdict};
 use super::upstream::{self, CallFailure};
-use crate::config::REJECTED_KEY_BENCH;
+use crate::config::{QUOTA_BENCH, REJECTED_KEY_BENCH};
 use crate::error::ProxyError;
 use crate::headers::forward_request_header;
 use crate::keys::{AttemptClass, BenchReason};
@@ -227,25 +227,47 @@ pub(crate) fn try_round(
             }
         };
         let status = response.status().as_u16();
-        match verdict(status) {
+        let error_body = needs_body(status).then(|| read_error_body(&mut response));
+        match verdict(status, error_body.as_deref().unwrap_or_default()) {
+            // keyrelay never forwards an upgrade, so a switch of protocols is nonsense here.
+            Verdict::Relay if status < 200 => {
+                pool.record(index, AttemptClass::ServerError);
+                return Ok(Answer::Error {
+                    error: ProxyError::UpstreamFailed {
+                        host: provider.host.clone(),
+                    },
+                    shape: provider.shape,
+                    attempts: *attempts,
+                });
+            }
             Verdict::Relay => {
                 pool.record(index, AttemptClass::Success);
-                return Ok(Answer::Live {
-                    response,
-                    attempts: *attempts,
-                    key: key.mask(),
+                return Ok(match error_body {
+                    Some(body) => Answer::Saved {
+                        answer: SavedAnswer {
+                            status,
+                            headers: std::mem::take(response.headers_mut()),
+                            body,
+                        },
+                        attempts: *attempts,
+                        key: key.mask(),
+                    },
+                    None => Answer::Live {
+                        response,
+                        attempts: *attempts,
+                        key: key.mask(),
+                    },
                 });
             }
             Verdict::RateLimited => {
                 pool.record(index, AttemptClass::RateLimited);
-                let error_body = read_error_body(&mut response);
                 let retry_after = response
                     .headers()
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok());
                 let cooldown = rate_limit_cooldown(
                     retry_after,
-                    &error_body,
+                    error_body.as_deref().unwrap_or_default(),
                     SystemTime::now(),
                     proxy.limits.cooldown,
                 );
@@ -270,7 +292,19 @@ pub(crate) fn try_round(
                     key,
                     REJECTED_KEY_BENCH.as_secs()
                 );
-                last = LastFailure::Answer(Box::new(save(response)), key.mask());
+                last = LastFailure::Answer(Box::new(save(response, error_body)), key.mask());
+            }
+            Verdict::QuotaExhausted => {
+                pool.record(index, AttemptClass::QuotaExhausted);
+                let reason = BenchReason::QuotaExhausted(status);
+                pool.bench(index, None, Instant::now() + QUOTA_BENCH, reason);
+                warn!(
+                    "{} key={} benched for {}s: {reason}; top up its balance or remove it",
+                    provider.name,
+                    key,
+                    QUOTA_BENCH.as_secs()
+                );
+                last = LastFailure::Answer(Box::new(save(response, error_body)), key.mask());
             }
             Verdict::ServerError => {
                 pool.record(index, AttemptClass::ServerError);
@@ -278,7 +312,7 @@ pub(crate) fn try_round(
                     "{} key={} upstream answered {status}, trying the next key",
                     provider.name, key
                 );
-                last = LastFailure::Answer(Box::new(save(response)), key.mask());
+                last = LastFailure::Answer(Box::new(save(response, error_body)), key.mask());
             }
         }
     }
@@ -296,8 +330,12 @@ pub(crate) fn read_error_body(response: &mut ureq::http::Response<ureq::Body>) -
     body
 }
 
-pub(crate) fn save(mut response: ureq::http::Response<ureq::Body>) -> SavedAnswer {
-    let body = read_error_body(&mut response);
+/// Keeps a failed answer to relay if no other key succeeds; `body` when already read.
+pub(crate) fn save(
+    mut response: ureq::http::Response<ureq::Body>,
+    body: Option<Vec<u8>>,
+) -> SavedAnswer {
+    let body = body.unwrap_or_else(|| read_error_body(&mut response));
     SavedAnswer {
         status: response.status().as_u16(),
         headers: std::mem::take(response.headers_mut()),

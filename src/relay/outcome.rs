@@ -13,20 +13,52 @@ pub enum Verdict {
     Relay,
     /// 429: bench the key for a while and try the next.
     RateLimited,
-    /// 401 / 403: the key is probably revoked; bench it for long and try the next.
+    /// 401 / 403, or Gemini's 400 with `API_KEY_INVALID`: the key is probably revoked; bench
+    /// it for long and try the next.
     KeyRejected,
+    /// OpenAI's 429 `insufficient_quota`, or 402: the key's balance is spent, which no
+    /// cooldown clears; bench it for long and try the next.
+    QuotaExhausted,
     /// 500 / 502 / 503 / 504: try the next key without benching this one.
     ServerError,
 }
 
-/// Classifies an upstream status.
-pub fn verdict(status: u16) -> Verdict {
+/// Whether [`verdict`] needs the error body of an answer with `status` (400 and 429 answers are
+/// told apart by it); other statuses are classified by the status alone.
+pub fn needs_body(status: u16) -> bool {
+    matches!(status, 400 | 429)
+}
+
+/// Classifies an upstream answer: its status, and for the statuses [`needs_body`] names, its
+/// error body (pass an empty one otherwise). The proxy and `--probe` both decide here.
+pub fn verdict(status: u16, body: &[u8]) -> Verdict {
     match status {
+        429 if is_spent_balance(body) => Verdict::QuotaExhausted,
         429 => Verdict::RateLimited,
+        402 => Verdict::QuotaExhausted,
+        400 if is_invalid_key(body) => Verdict::KeyRejected,
         401 | 403 => Verdict::KeyRejected,
         500 | 502 | 503 | 504 => Verdict::ServerError,
         _ => Verdict::Relay,
     }
+}
+
+/// Google's answer to an invalid or revoked key: a 400 whose `ErrorInfo` detail has
+/// `"reason": "API_KEY_INVALID"` (an ordinary 400 is the request's fault, not the key's).
+fn is_invalid_key(body: &[u8]) -> bool {
+    json::string_fields(body, "reason")
+        .iter()
+        .any(|reason| *reason == "API_KEY_INVALID")
+}
+
+/// OpenAI's answer to a key whose billing quota is used up: a 429 with error `code` or `type`
+/// `insufficient_quota` (a rate limit says `rate_limit_exceeded`).
+fn is_spent_balance(body: &[u8]) -> bool {
+    ["code", "type"].iter().any(|field| {
+        json::string_fields(body, field)
+            .iter()
+            .any(|value| *value == "insufficient_quota")
+    })
 }
 
 /// The longest cooldown keyrelay honours from an upstream hint; a larger one is clamped so a
@@ -93,19 +125,28 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        let cases = [
-            (200, Verdict::Relay),
-            (400, Verdict::Relay),
-            (404, Verdict::Relay),
-            (429, Verdict::RateLimited),
-            (401, Verdict::KeyRejected),
-            (403, Verdict::KeyRejected),
-            (500, Verdict::ServerError),
-            (503, Verdict::ServerError),
-            (501, Verdict::Relay),
+        let invalid_key = br#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}"#;
+        let bad_request = br#"{"error":{"code":400,"message":"Invalid JSON payload","status":"INVALID_ARGUMENT"}}"#;
+        let spent = br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
+        let limited = br#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
+        let cases: [(u16, &[u8], Verdict); 14] = [
+            (200, b"", Verdict::Relay),
+            (400, b"", Verdict::Relay),
+            (400, bad_request, Verdict::Relay),
+            (400, invalid_key, Verdict::KeyRejected),
+            (404, b"", Verdict::Relay),
+            (429, b"", Verdict::RateLimited),
+            (429, limited, Verdict::RateLimited),
+            (429, spent, Verdict::QuotaExhausted),
+            (402, b"", Verdict::QuotaExhausted),
+            (401, b"", Verdict::KeyRejected),
+            (403, b"", Verdict::KeyRejected),
+            (500, b"", Verdict::ServerError),
+            (503, b"", Verdict::ServerError),
+            (501, b"", Verdict::Relay),
         ];
-        for (status, expected) in cases {
-            assert_eq!(verdict(status), expected, "{status}");
+        for (status, body, expected) in cases {
+            assert_eq!(verdict(status, body), expected, "{status} {body:?}");
         }
     }
 
