@@ -45,7 +45,9 @@ pub fn top_level_string<'a>(body: &'a [u8], name: &str) -> Option<&'a str> {
         i = skip_space(body, i + 1);
         if key == name.as_bytes() {
             let (value, _) = string_at(body, i)?;
-            return std::str::from_utf8(value).ok().filter(|v| !v.contains('\\'));
+            return std::str::from_utf8(value)
+                .ok()
+                .filter(|v| !v.contains('\\'));
         }
         i = skip_space(body, skip_value(body, i)?);
         match body.get(i) {

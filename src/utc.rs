@@ -19,7 +19,12 @@ pub fn parse_http_date(value: &str) -> Option<SystemTime> {
                 return None;
             }
             let yy: u64 = yy.parse().ok()?;
-            (day, month, if yy >= 70 { 1900 + yy } else { 2000 + yy }, *clock)
+            (
+                day,
+                month,
+                if yy >= 70 { 1900 + yy } else { 2000 + yy },
+                *clock,
+            )
         }
         [_weekday, month, day, clock, year] => (*day, *month, year.parse().ok()?, *clock),
         _ => return None,
@@ -169,7 +174,10 @@ mod tests {
         assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), Some(t));
         assert_eq!(parse_http_date("Sun Nov 6 08:49:37 1994"), Some(t));
         let in_2030 = parse_http_date("Tuesday, 01-Jan-30 00:00:00 GMT").unwrap();
-        assert_eq!(in_2030, parse_http_date("Tue, 01 Jan 2030 00:00:00 GMT").unwrap());
+        assert_eq!(
+            in_2030,
+            parse_http_date("Tue, 01 Jan 2030 00:00:00 GMT").unwrap()
+        );
         for bad in [
             "Sunday, 06-Nov-1994 08:49:37 GMT",
             "Sun Nov  6 08:49:37",

@@ -11,6 +11,7 @@ use ureq::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
 use super::incoming::Incoming;
 use super::outcome::{Verdict, needs_body, rate_limit_cooldown, verdict};
+use super::redact::{read_small, redact_location, redact_saved};
 use super::upstream::{self, CallFailure};
 use crate::config::{QUOTA_BENCH, REJECTED_KEY_BENCH};
 use crate::error::ProxyError;
@@ -242,22 +243,13 @@ pub(crate) fn try_round(
             }
             Verdict::Relay => {
                 pool.record(index, AttemptClass::Success);
-                return Ok(match error_body {
-                    Some(body) => Answer::Saved {
-                        answer: SavedAnswer {
-                            status,
-                            headers: std::mem::take(response.headers_mut()),
-                            body,
-                        },
-                        attempts: *attempts,
-                        key: key.mask(),
-                    },
-                    None => Answer::Live {
-                        response,
-                        attempts: *attempts,
-                        key: key.mask(),
-                    },
-                });
+                return Ok(relay_answer(
+                    provider,
+                    response,
+                    error_body,
+                    *attempts,
+                    key.mask(),
+                ));
             }
             Verdict::RateLimited => {
                 pool.record(index, AttemptClass::RateLimited);
@@ -292,7 +284,8 @@ pub(crate) fn try_round(
                     key,
                     REJECTED_KEY_BENCH.as_secs()
                 );
-                last = LastFailure::Answer(Box::new(save(response, error_body)), key.mask());
+                last =
+                    LastFailure::Answer(Box::new(save(provider, response, error_body)), key.mask());
             }
             Verdict::QuotaExhausted => {
                 pool.record(index, AttemptClass::QuotaExhausted);
@@ -304,7 +297,8 @@ pub(crate) fn try_round(
                     key,
                     QUOTA_BENCH.as_secs()
                 );
-                last = LastFailure::Answer(Box::new(save(response, error_body)), key.mask());
+                last =
+                    LastFailure::Answer(Box::new(save(provider, response, error_body)), key.mask());
             }
             Verdict::ServerError => {
                 pool.record(index, AttemptClass::ServerError);
@@ -312,7 +306,8 @@ pub(crate) fn try_round(
                     "{} key={} upstream answered {status}, trying the next key",
                     provider.name, key
                 );
-                last = LastFailure::Answer(Box::new(save(response, error_body)), key.mask());
+                last =
+                    LastFailure::Answer(Box::new(save(provider, response, error_body)), key.mask());
             }
         }
     }
@@ -330,17 +325,65 @@ pub(crate) fn read_error_body(response: &mut ureq::http::Response<ureq::Body>) -
     body
 }
 
-/// Keeps a failed answer to relay if no other key succeeds; `body` when already read.
+/// The answer to relay. A 2xx answer and a stream flow through as they arrive; another error
+/// answer is held (when small) so the pool's keys can be masked in it.
+fn relay_answer(
+    provider: &Provider,
+    mut response: ureq::http::Response<ureq::Body>,
+    error_body: Option<Vec<u8>>,
+    attempts: u32,
+    key: String,
+) -> Answer {
+    redact_location(&provider.pool, response.headers_mut());
+    let status = response.status().as_u16();
+    let stream = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let held = match error_body {
+        Some(body) => Ok(body),
+        None if (200..300).contains(&status) || stream => Err(Vec::new()),
+        None => read_small(&mut response.body_mut().as_reader()),
+    };
+    match held {
+        Ok(body) => {
+            let mut answer = SavedAnswer {
+                status,
+                headers: std::mem::take(response.headers_mut()),
+                body,
+            };
+            redact_saved(&provider.pool, &mut answer);
+            Answer::Saved {
+                answer,
+                attempts,
+                key,
+            }
+        }
+        Err(prefix) => Answer::Live {
+            response,
+            prefix,
+            attempts,
+            key,
+        },
+    }
+}
+
+/// Keeps a failed answer to relay if no other key succeeds (keys masked); `body` when already
+/// read.
 pub(crate) fn save(
+    provider: &Provider,
     mut response: ureq::http::Response<ureq::Body>,
     body: Option<Vec<u8>>,
 ) -> SavedAnswer {
     let body = body.unwrap_or_else(|| read_error_body(&mut response));
-    SavedAnswer {
+    let mut answer = SavedAnswer {
         status: response.status().as_u16(),
         headers: std::mem::take(response.headers_mut()),
         body,
-    }
+    };
+    redact_saved(&provider.pool, &mut answer);
+    answer
 }
 
 /// Characters a key keeps in a query value: the unreserved ones; everything else is %XX.

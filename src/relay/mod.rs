@@ -6,5 +6,6 @@ mod body;
 mod forward;
 mod incoming;
 mod outcome;
+mod redact;
 pub mod upstream;
 pub mod worker;

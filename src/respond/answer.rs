@@ -17,6 +17,9 @@ pub(crate) enum Answer {
     /// An upstream answer, relayed as it streams in.
     Live {
         response: ureq::http::Response<ureq::Body>,
+        /// Body bytes already read from `response` (an error body too large to hold whole),
+        /// relayed before the rest.
+        prefix: Vec<u8>,
         attempts: u32,
         key: String,
     },

@@ -4,7 +4,7 @@
 pub mod answer;
 pub mod stream;
 
-use std::io::Write;
+use std::io::{Read, Write};
 
 use ureq::http::{HeaderMap, HeaderValue};
 
@@ -99,6 +99,7 @@ pub(crate) fn deliver(
         }
         Answer::Live {
             response,
+            prefix,
             attempts,
             key,
         } => {
@@ -112,7 +113,7 @@ pub(crate) fn deliver(
                 .filter(|_| !parts.headers.contains_key("transfer-encoding"));
             let framing = Framing::choose(no_body(&client.method, status), length, client.http10);
             let head = response_head(client, status, &parts.headers, framing);
-            let mut reader = body.into_reader();
+            let mut reader = prefix.as_slice().chain(body.into_reader());
             let result = relay_body(out, head, &mut reader, framing, buffer);
             // Dropping an unfinished reader closes the upstream connection, which stops the
             // generation when the client has gone.
