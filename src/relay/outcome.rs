@@ -46,19 +46,15 @@ pub fn verdict(status: u16, body: &[u8]) -> Verdict {
 /// Google's answer to an invalid or revoked key: a 400 whose `ErrorInfo` detail has
 /// `"reason": "API_KEY_INVALID"` (an ordinary 400 is the request's fault, not the key's).
 fn is_invalid_key(body: &[u8]) -> bool {
-    json::string_fields(body, "reason")
-        .iter()
-        .any(|reason| *reason == "API_KEY_INVALID")
+    json::string_fields(body, "reason").contains(&"API_KEY_INVALID")
 }
 
 /// OpenAI's answer to a key whose billing quota is used up: a 429 with error `code` or `type`
 /// `insufficient_quota` (a rate limit says `rate_limit_exceeded`).
 fn is_spent_balance(body: &[u8]) -> bool {
-    ["code", "type"].iter().any(|field| {
-        json::string_fields(body, field)
-            .iter()
-            .any(|value| *value == "insufficient_quota")
-    })
+    ["code", "type"]
+        .iter()
+        .any(|field| json::string_fields(body, field).contains(&"insufficient_quota"))
 }
 
 /// The longest cooldown keyrelay honours from an upstream hint; a larger one is clamped so a
