@@ -75,6 +75,10 @@ pub fn summary(config: &Config) -> Vec<String> {
         config.upstream_timeout.as_secs(),
         config.cooldown.as_secs()
     )];
+    lines.push(match config.proxy_tokens.len() {
+        0 => "access control off: no PROXY_API_KEYS token configured".to_string(),
+        n => format!("access control on: {n} PROXY_API_KEYS token(s) configured"),
+    });
     for p in &config.providers {
         let masks: Vec<String> = p.keys.iter().map(|k| k.mask()).collect();
         lines.push(format!(

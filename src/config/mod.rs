@@ -295,6 +295,14 @@ impl Config {
             None => IpAddr::from([127, 0, 0, 1]),
         };
         let proxy_tokens = parse_keys(get("PROXY_API_KEYS").as_deref().unwrap_or(""));
+        if proxy_tokens.is_empty() && lookup("PROXY_API_KEYS").is_some_and(|v| !v.is_empty()) {
+            // Set but blank (`' '`, `','`): silently running without access control would be
+            // the opposite of what was meant.
+            return Err(ConfigError::Invalid {
+                var: "PROXY_API_KEYS".to_string(),
+                reason: "is set but holds no token; list one or more comma-separated tokens, or unset it to run without access control".to_string(),
+            });
+        }
         let allow_open = parse_bool(
             "ALLOW_UNAUTHENTICATED",
             get("ALLOW_UNAUTHENTICATED").as_deref(),
@@ -474,9 +482,11 @@ pub fn parse_keys(list: &str) -> Vec<ApiKey> {
 }
 
 fn parse_base_url(var: &str, value: &str) -> Result<String, ConfigError> {
+    // Messages reach --check, the journal and LOG_FILE: a password in the URL must not.
+    let shown = without_userinfo(value);
     let invalid = |reason: &str| ConfigError::Invalid {
         var: var.to_string(),
-        reason: format!("{value:?} {reason}"),
+        reason: format!("{shown:?} {reason}"),
     };
     let rest = value
         .strip_prefix("http://")
@@ -494,6 +504,16 @@ fn parse_base_url(var: &str, value: &str) -> Result<String, ConfigError> {
         return Err(invalid("must not carry a query or fragment"));
     }
     Ok(value.trim_end_matches('/').to_string())
+}
+
+/// `value` with any `user:password@` before its host replaced by `***@`.
+fn without_userinfo(value: &str) -> String {
+    let (scheme, rest) = value.split_once("://").unwrap_or(("", value));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) if !scheme.is_empty() => format!("{scheme}://***{}", &rest[at..]),
+        _ => value.to_string(),
+    }
 }
 
 fn number(
@@ -706,11 +726,38 @@ mod tests {
             ),
             (&[], "GEMINI_API_KEYS"),
             (&[("OPENAI_API_KEYS", " , ")], "OPENAI_API_KEYS"),
+            (
+                &[("OPENAI_API_KEYS", "a"), ("PROXY_API_KEYS", " ")],
+                "PROXY_API_KEYS",
+            ),
+            (
+                &[("OPENAI_API_KEYS", "a"), ("PROXY_API_KEYS", ",")],
+                "PROXY_API_KEYS",
+            ),
         ];
         for (vars, name) in cases {
             let err = config(vars).unwrap_err().to_string();
             assert!(err.contains(name), "{vars:?}: {err}");
         }
+    }
+
+    #[test]
+    fn refused_base_urls_never_show_their_credentials() {
+        for url in [
+            "https://user:hunter2@api.example.com/v1",
+            "http://hunter2@api.example.com",
+            "https://user:hunter2@api.example.com?x=1",
+        ] {
+            let err = config(&[("OPENAI_API_KEYS", "a"), ("OPENAI_BASE_URL", url)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("OPENAI_BASE_URL") && err.contains("***@api.example.com"),
+                "{err}"
+            );
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        assert!(config(&[("OPENAI_API_KEYS", "a"), ("PROXY_API_KEYS", "")]).is_ok());
     }
 
     #[test]

@@ -52,7 +52,7 @@ impl AccessTokens {
         }
         for pair in query.split('&') {
             if let Some((name, value)) = pair.split_once('=')
-                && name == CLIENT_CREDENTIAL_PARAM
+                && percent_decode(name) == CLIENT_CREDENTIAL_PARAM
             {
                 offered.push(percent_decode(value));
             }
@@ -100,6 +100,7 @@ mod tests {
             (&[("X-Api-Key", "tok-beta")], "", true),
             (&[], "alt=sse&key=tok-alpha", true),
             (&[], "key=tok%2Dalpha", true),
+            (&[], "%6Bey=tok-alpha", true),
             (&[("Authorization", "Bearer tok-gamma")], "", false),
             (&[("Authorization", "tok-alpha")], "", false),
             (&[("x-other", "tok-alpha")], "", false),
