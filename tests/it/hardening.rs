@@ -743,11 +743,11 @@ fn a_second_signal_exits_at_once_with_a_failure_code() {
 }
 
 #[test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "the panic hook exists only in debug builds"
+)]
 fn a_panicking_handler_answers_500_and_the_worker_keeps_serving() {
-    if !cfg!(debug_assertions) {
-        eprintln!("skipped: the panic hook exists only in debug builds");
-        return;
-    }
     let mock = Mock::ok();
     let mut proxy = proxy_to(&mock.url(), &[KEY], &[])
         .env("WORKERS", "1")
@@ -916,12 +916,12 @@ fn a_burst_of_connections_beyond_the_default_backlog_waits_for_no_syn_retry() {
         .ok()
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or(0);
-    if somaxconn < CONNECTIONS {
-        eprintln!(
-            "skipped: net.core.somaxconn is {somaxconn}, below {CONNECTIONS}, so no backlog can hold this burst"
-        );
-        return;
-    }
+    // Linux has defaulted to 4096 since 5.4; an older or tuned-down kernel must be told.
+    assert!(
+        somaxconn >= CONNECTIONS,
+        "net.core.somaxconn is {somaxconn}, below {CONNECTIONS}: no backlog can hold this burst; \
+raise it (sysctl -w net.core.somaxconn=4096) or skip this test (--skip a_burst_of_connections)"
+    );
     let mock = Mock::ok();
     let proxy = proxy_to(&mock.url(), &[KEY], &[]).start();
     let port = proxy.port;
