@@ -20,6 +20,8 @@ const MODELS: &str = "/openai/v1/models";
 const CHAT: &str = "/openai/v1/chat/completions";
 /// "Answered at once", generously: only a stuck or starved proxy misses it.
 const PROMPT: Duration = Duration::from_secs(2);
+/// An answer this late means a request was left waiting, not a busy machine.
+const STARVED: Duration = Duration::from_secs(10);
 /// Silence tolerated on any read in this module.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const MIB: u64 = 1024;
@@ -472,8 +474,10 @@ fn bursts_of_new_keep_alive_connections_are_all_answered_promptly() {
             sorted[sorted.len() / 2]
         );
         assert_eq!(times.len(), CONNECTIONS * REQUESTS);
+        // A connection left waiting for a worker (the defect this guards against) waits until
+        // its client gives up; a busy machine slows every answer, not one by seconds.
         assert!(
-            worst <= PROMPT,
+            worst <= STARVED,
             "burst {burst}: slowest answer took {worst:?}"
         );
     }
@@ -949,12 +953,18 @@ raise it (sysctl -w net.core.somaxconn=4096) or skip this test (--skip a_burst_o
         .map(|(took, _)| *took)
         .max()
         .unwrap_or_default();
-    eprintln!("{CONNECTIONS} connections at once: slowest connect {slowest:?}");
-    // A dropped SYN is retried after 1 s: anything under that was queued, however busy the
-    // machine was.
+    let retried = connected
+        .iter()
+        .filter(|(took, _)| *took >= Duration::from_secs(1))
+        .count();
+    eprintln!(
+        "{CONNECTIONS} connections at once: slowest connect {slowest:?}, {retried} took 1 s or more"
+    );
+    // A dropped SYN is retried after 1 s. With std's backlog of 128, hundreds of these 600 wait
+    // for that retry; a client thread descheduled on a busy machine may look slow now and then.
     assert!(
-        slowest < Duration::from_secs(1),
-        "a connect waited {slowest:?}: SYNs were dropped (listen backlog too small)"
+        retried <= CONNECTIONS / 50,
+        "{retried} connects waited 1 s or more (slowest {slowest:?}): SYNs were dropped (listen backlog too small)"
     );
     // Every one of them is then served.
     for (_, stream) in connected.iter().step_by(50) {

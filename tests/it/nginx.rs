@@ -145,14 +145,11 @@ fn behind_nginx_streams_uploads_and_refuses_oversized_bodies() {
             arrivals.push(started.elapsed());
         }
     }
-    assert!(
-        arrivals[0] < Duration::from_millis(1200),
-        "first event after {:?}: nginx buffered the stream",
-        arrivals[0]
-    );
+    // The events leave the mock 500 ms apart, 2 s from first to last. Buffering anywhere
+    // delivers them together; a busy machine only shifts them all.
     assert!(
         arrivals[4] - arrivals[0] > Duration::from_millis(1000),
-        "events arrived together: {arrivals:?}"
+        "events arrived together (nginx or keyrelay buffered the stream): {arrivals:?}"
     );
     drop(body);
 

@@ -271,27 +271,38 @@ fn a_bad_env_file_on_reload_is_refused_and_the_running_keys_kept() {
 
 #[test]
 fn wait_for_key_holds_the_request_until_a_key_frees() {
-    let mock = Mock::start(|r| {
-        if r.url.contains("first") {
-            Reply::json(429, "{}").header("retry-after", "1")
-        } else {
-            Reply::ok_json()
-        }
-    });
+    /// How long the upstream's one 429 benches K1; the bounds below leave seconds of slack, so
+    /// only a proxy that does not wait (or waits for ever) misses them.
+    const BENCH: Duration = Duration::from_secs(3);
+    // The upstream refuses the first request it sees, then accepts everything.
+    let limited_once = || {
+        let refused = std::sync::atomic::AtomicBool::new(false);
+        Mock::start(move |_| {
+            if refused.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                Reply::ok_json()
+            } else {
+                Reply::json(429, "{}").header("retry-after", "3")
+            }
+        })
+    };
+    let mock = limited_once();
     let waiting = proxy_to(&mock.url(), &[K1], &[])
-        .env("WAIT_FOR_KEY_SECS", "5")
+        .env("WAIT_FOR_KEY_SECS", "10")
         .start();
-    // The first request's 429 benches K1 for 1 s; a request right after waits for it.
-    assert_eq!(get(waiting.port, "/openai/v1/first").status, 429);
-    let started = Instant::now();
-    let reply = get(waiting.port, "/openai/v1/second");
+    let sent = Instant::now();
+    let reply = get(waiting.port, "/openai/v1/models");
+    let took = sent.elapsed();
     assert_eq!(reply.status, 200, "held, then sent: {}", reply.text());
+    assert_eq!(mock.count(), 2, "one 429, then the same request again");
     assert!(
-        started.elapsed() >= Duration::from_millis(500),
-        "it did wait"
+        took >= BENCH - Duration::from_millis(500),
+        "answered after {took:?}: sent again before the key could free"
     );
     // Without WAIT_FOR_KEY_SECS the same situation answers 429 at once.
+    let mock = limited_once();
     let impatient = proxy_to(&mock.url(), &[K1], &[]).start();
-    assert_eq!(get(impatient.port, "/openai/v1/first").status, 429);
-    assert_eq!(get(impatient.port, "/openai/v1/second").status, 429);
+    let sent = Instant::now();
+    assert_eq!(get(impatient.port, "/openai/v1/models").status, 429);
+    assert!(sent.elapsed() < BENCH, "the 429 was not at once");
+    assert_eq!(mock.count(), 1);
 }

@@ -57,12 +57,16 @@ fn sse_events_reach_the_client_as_they_are_sent() {
         read_until_contains(&mut body, &mut acc, b"\"n\":1");
         let first = started.elapsed();
         assert!(
-            first < Duration::from_secs(1),
-            "{path}: first event after {first:?}"
-        );
-        assert!(
             !acc.windows(5).any(|w| w == b"\"n\":2"),
-            "{path}: second event came too early"
+            "{path}: the second event came with the first (buffered)"
+        );
+        read_until_contains(&mut body, &mut acc, b"\"n\":2");
+        let second = started.elapsed();
+        // The mock writes them 1.5 s apart; a relay that buffers delivers them together, a
+        // busy machine only shifts both.
+        assert!(
+            second - first > Duration::from_millis(750),
+            "{path}: events at {first:?} and {second:?}: not relayed as sent"
         );
         read_until_contains(&mut body, &mut acc, b"[DONE]");
         let mut rest = Vec::new();
