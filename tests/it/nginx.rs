@@ -35,9 +35,20 @@ struct Nginx {
 }
 
 impl Drop for Nginx {
+    /// SIGTERM, so the master stops its workers (SIGKILL would orphan them); SIGKILL only if it
+    /// has not exited within 5 s.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // SAFETY: kill(2) on the pid of a child this struct owns and has not reaped.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let exited = wait_until(Duration::from_secs(5), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        if !exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -87,7 +98,7 @@ fn start_nginx(binary: &Path, keyrelay_port: u16) -> Nginx {
     });
     if !up {
         let log = std::fs::read_to_string(nginx._dir.0.join("error.log")).unwrap_or_default();
-        let _ = nginx.child.kill();
+        drop(nginx);
         panic!("nginx did not start listening: {log}");
     }
     nginx
