@@ -88,7 +88,7 @@ fn start_nginx(binary: &Path, keyrelay_port: u16) -> Nginx {
         .stderr(Stdio::null())
         .spawn()
         .expect("start nginx");
-    let mut nginx = Nginx {
+    let nginx = Nginx {
         child,
         port,
         _dir: dir,
