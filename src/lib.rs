@@ -39,7 +39,7 @@ pub mod listen;
 mod load;
 mod provider;
 pub mod proxy;
-mod relay;
+pub mod relay;
 mod request_id;
 mod request_log;
 mod respond;

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
             println!("{}", cli::version());
             return ExitCode::SUCCESS;
         }
-        Command::Check | Command::Serve => {}
+        Command::Check | Command::Probe | Command::Serve => {}
     }
     let config = match load_config() {
         Ok(config) => config,
@@ -40,6 +40,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if command == Command::Probe {
+        return if keyrelay::relay::probe::run(&config) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        };
+    }
     if command == Command::Check {
         println!("configuration OK");
         for line in cli::summary(&config) {

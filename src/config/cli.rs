@@ -14,6 +14,8 @@ pub enum Command {
     Version,
     /// Validate the configuration and print a summary.
     Check,
+    /// Check every key against its upstream.
+    Probe,
 }
 
 /// Parses the arguments after the program name.
@@ -24,6 +26,7 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
             "-h" | "--help" => Ok(Command::Help),
             "-V" | "--version" => Ok(Command::Version),
             "--check" => Ok(Command::Check),
+            "--probe" => Ok(Command::Probe),
             other => Err(format!("unknown argument {other:?}; see keyrelay --help")),
         },
         _ => Err("expected at most one argument; see keyrelay --help".to_string()),
@@ -39,7 +42,9 @@ pub fn version() -> String {
 pub fn help() -> String {
     let mut text = format!(
         "{}\nA key-rotating proxy for LLM APIs.\n\n\
-         Usage: keyrelay [--help | --version | --check]\n\n\
+         Usage: keyrelay [--help | --version | --check | --probe]\n\n\
+         --probe checks every key against its upstream (one cheap request each) and exits 0\n\
+         when every provider has a usable key.\n\n\
          Configuration comes from the environment and from ./.env (the environment wins).\n\n",
         version()
     );

@@ -66,7 +66,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "PROVIDERS",
         default: "-",
-        meaning: "more providers to route, e.g. anthropic,groq, each with <NAME>_API_KEYS, <NAME>_BASE_URL, <NAME>_AUTH",
+        meaning: "more providers to route, e.g. anthropic,groq, each with <NAME>_API_KEYS, <NAME>_BASE_URL, <NAME>_AUTH (and <NAME>_PROBE_PATH for --probe)",
     },
     Setting {
         name: "WAIT_FOR_KEY_SECS",
@@ -183,6 +183,8 @@ pub struct ProviderConfig {
     pub auth: AuthStyle,
     /// Error body shape.
     pub shape: ErrorShape,
+    /// `<NAME>_PROBE_PATH`: what `keyrelay --probe` requests instead of the shape's default.
+    pub probe_path: Option<String>,
 }
 
 /// The validated configuration.
@@ -415,6 +417,7 @@ fn parse_providers(
         };
         providers.push(ProviderConfig {
             keys: checked_keys(&keys_var_for(&name), get)?,
+            probe_path: get(&format!("{}_PROBE_PATH", env_prefix(&name))),
             base_url,
             auth,
             shape: known.map_or(ErrorShape::OpenAi, |k| k.shape),

@@ -6,6 +6,7 @@ mod body;
 mod forward;
 mod incoming;
 mod outcome;
+pub mod probe;
 mod redact;
 pub mod upstream;
 pub mod worker;

@@ -10,6 +10,7 @@ mod keys;
 mod logging;
 mod nginx;
 mod ops;
+mod probe;
 mod providers;
 mod relay;
 mod rotation;
