@@ -64,6 +64,18 @@ pub enum ProxyError {
         /// How long it waited.
         waited_secs: u64,
     },
+    /// A steering request from a non-loopback client while no access token is configured.
+    LoopbackOnly,
+    /// A path under keyrelay's own pages that names nothing.
+    NoSuchAdminPath {
+        /// The path asked for.
+        path: String,
+    },
+    /// The method is not one the path accepts.
+    MethodNotAllowed {
+        /// The one it accepts.
+        allow: &'static str,
+    },
     /// A bug: keyrelay failed while handling this request.
     Internal,
 }
@@ -152,6 +164,21 @@ impl ProxyError {
                 "overloaded",
                 format!("keyrelay is at capacity: all {workers} workers stayed busy while this request waited {waited_secs} s (QUEUE_TIMEOUT_SECS). Retry shortly; if this repeats, raise WORKERS."),
             ),
+            ProxyError::LoopbackOnly => (
+                403,
+                "loopback_only",
+                "Steering the key pool is allowed from this machine only while PROXY_API_KEYS is unset; send the request from 127.0.0.1, or set PROXY_API_KEYS and send a token.".to_string(),
+            ),
+            ProxyError::NoSuchAdminPath { path } => (
+                404,
+                "not_found",
+                format!("Nothing at {path}: use POST /status/keys/<provider>/<position>/reset, /disable or /enable, with a position that GET /status shows."),
+            ),
+            ProxyError::MethodNotAllowed { allow } => (
+                405,
+                "method_not_allowed",
+                format!("This path accepts {allow} only."),
+            ),
             ProxyError::Internal => (
                 500,
                 "internal_error",
@@ -174,6 +201,7 @@ impl ProxyError {
                 headers.push(("retry-after", retry_after_secs.to_string()));
             }
             ProxyError::Overloaded { .. } => headers.push(("retry-after", "1".to_string())),
+            ProxyError::MethodNotAllowed { allow } => headers.push(("allow", allow.to_string())),
             _ => {}
         }
         ErrorAnswer {

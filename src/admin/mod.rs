@@ -4,7 +4,9 @@
 pub mod metrics;
 mod prometheus;
 mod status;
+mod steer;
 
+use crate::error::ProxyError;
 use crate::json::quote;
 use crate::proxy::{Proxy, routes};
 
@@ -45,6 +47,37 @@ pub struct Rendered {
     pub content_type: &'static str,
     /// Body.
     pub body: String,
+}
+
+/// keyrelay's own answer when `path` is one of its pages or under `/status/keys`: the page, or
+/// the error to answer (401 without a needed token, 404/405 for steering). `None` for any
+/// other path. `loopback`: the client is on this machine.
+pub fn answer_for<'a>(
+    proxy: &Proxy,
+    method: &str,
+    path: &str,
+    headers: impl Iterator<Item = (&'a str, &'a str)>,
+    query: &str,
+    loopback: bool,
+) -> Option<Result<Rendered, ProxyError>> {
+    if steer::is_steering(path) {
+        let allowed = if proxy.access.required() {
+            proxy.access.allows(headers, query)
+        } else {
+            loopback
+        };
+        return Some(steer::steer(proxy, method, path, allowed));
+    }
+    let page = Page::at(path)?;
+    if page.needs_token() && !proxy.access.allows(headers, query) {
+        return Some(Err(ProxyError::Unauthorized));
+    }
+    Some(Ok(render(proxy, page)))
+}
+
+/// Whether `path` is answered by keyrelay itself (see [`answer_for`]).
+pub fn is_own(path: &str) -> bool {
+    Page::at(path).is_some() || steer::is_steering(path)
 }
 
 /// Renders `page`.

@@ -7,8 +7,12 @@ use crate::keys::{AttemptClass, BenchReason, KeySnapshot};
 use crate::proxy::Proxy;
 use crate::utc::format_rfc3339;
 
-/// A key's state (`ready`, `cooling`, `benched_invalid`, `benched_quota`) and until when.
+/// A key's state (`disabled`, `benched_invalid`, `benched_quota`, `cooling`, `ready`) and until
+/// when.
 pub(super) fn key_state(snapshot: &KeySnapshot) -> (&'static str, Option<Instant>) {
+    if snapshot.disabled {
+        return ("disabled", None);
+    }
     let whole = snapshot.benches.iter().filter(|b| b.model.is_none());
     let latest = |wanted: fn(&BenchReason) -> bool| {
         whole
@@ -39,7 +43,7 @@ pub(super) fn status(proxy: &Proxy) -> String {
     let mut providers = Vec::new();
     for provider in proxy.providers().iter() {
         let mut keys = Vec::new();
-        for snap in provider.pool.snapshot(now) {
+        for (index, snap) in provider.pool.snapshot(now).into_iter().enumerate() {
             let (state, until) = key_state(&snap);
             let cooldowns: Vec<String> = snap
                 .benches
@@ -55,7 +59,8 @@ pub(super) fn status(proxy: &Proxy) -> String {
                 .collect();
             let s = &snap.stats;
             keys.push(format!(
-                r#"{{"key":{},"state":{},"until":{},"cooldowns":[{}],"requests":{},"successes":{},"rate_limited":{},"quota_exhausted":{},"other_errors":{},"last_error":{}}}"#,
+                r#"{{"position":{},"key":{},"state":{},"until":{},"cooldowns":[{}],"requests":{},"successes":{},"rate_limited":{},"quota_exhausted":{},"other_errors":{},"last_error":{}}}"#,
+                index + 1,
                 quote(&snap.mask),
                 quote(state),
                 until.map_or("null".to_string(), |u| quote(&wall_time(u, now, wall_now))),

@@ -109,12 +109,16 @@ pub struct KeySnapshot {
     pub benches: Vec<Bench>,
     /// Counters.
     pub stats: KeyStats,
+    /// Taken out of rotation by an operator.
+    pub disabled: bool,
 }
 
 #[derive(Default)]
 struct KeySlot {
     benches: Vec<Bench>,
     stats: KeyStats,
+    /// Taken out of rotation by an operator until enabled again.
+    disabled: bool,
 }
 
 struct PoolState {
@@ -195,10 +199,22 @@ impl KeyPool {
     /// Whether the key may be used now for `model` (a whole-key bench applies to every model).
     pub fn is_ready(&self, index: usize, model: Option<&str>, now: Instant) -> bool {
         let state = self.lock();
-        !state.slots[index]
-            .benches
-            .iter()
-            .any(|bench| bench.until > now && applies_to(bench, model))
+        let slot = &state.slots[index];
+        !slot.disabled
+            && !slot
+                .benches
+                .iter()
+                .any(|bench| bench.until > now && applies_to(bench, model))
+    }
+
+    /// Clears every cooldown and bench of the key at `index` (an operator's reset).
+    pub fn reset(&self, index: usize) {
+        self.lock().slots[index].benches.clear();
+    }
+
+    /// Takes the key at `index` out of rotation, or puts it back.
+    pub fn set_disabled(&self, index: usize, disabled: bool) {
+        self.lock().slots[index].disabled = disabled;
     }
 
     /// Benches a key (for one model, or for all when `model` is `None`) until `until`. A longer
@@ -235,6 +251,8 @@ impl KeyPool {
         state
             .slots
             .iter()
+            // A disabled key frees only when an operator says so.
+            .filter(|slot| !slot.disabled)
             .map(|slot| {
                 slot.benches
                     .iter()
@@ -273,6 +291,7 @@ impl KeyPool {
             if let Some(at) = previous.keys.iter().position(|k| k == key) {
                 state.slots[index].benches = old.slots[at].benches.clone();
                 state.slots[index].stats = old.slots[at].stats.clone();
+                state.slots[index].disabled = old.slots[at].disabled;
             }
         }
     }
@@ -289,6 +308,7 @@ impl KeyPool {
                     mask: key.mask(),
                     benches: slot.benches.clone(),
                     stats: slot.stats.clone(),
+                    disabled: slot.disabled,
                 }
             })
             .collect()
@@ -442,5 +462,30 @@ mod tests {
         assert_eq!(snap.stats.other_errors, 1);
         assert_eq!(snap.stats.last_error, Some(AttemptClass::ServerError));
         assert_eq!(snap.mask, "***");
+    }
+
+    #[test]
+    fn disabled_keys_are_skipped_until_enabled_and_survive_adoption() {
+        let now = Instant::now();
+        let pool = KeyPool::new(vec![ApiKey::new("k-one"), ApiKey::new("k-two")]);
+        pool.bench(
+            0,
+            None,
+            now + Duration::from_secs(60),
+            BenchReason::RateLimited,
+        );
+        pool.reset(0);
+        assert!(pool.is_ready(0, None, now), "reset clears the bench");
+        pool.set_disabled(1, true);
+        assert!(!pool.is_ready(1, None, now));
+        let reloaded = KeyPool::new(vec![ApiKey::new("k-two"), ApiKey::new("k-three")]);
+        reloaded.adopt(&pool);
+        assert!(
+            !reloaded.is_ready(0, None, now),
+            "still disabled after reload"
+        );
+        assert!(reloaded.snapshot(now)[0].disabled);
+        reloaded.set_disabled(0, false);
+        assert!(reloaded.is_ready(0, None, now));
     }
 }

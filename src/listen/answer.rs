@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::conn::AfterWrite;
 use super::head::Head;
 use super::queue::Job;
-use crate::admin::{self, Page};
+use crate::admin;
 use crate::error::ProxyError;
 use crate::provider::ErrorShape;
 use crate::provider::shape_for;
@@ -27,22 +27,28 @@ pub struct Own {
 
 /// True for a request the listener answers itself: one of keyrelay's pages, without a body.
 pub fn is_own_page(head: &Head) -> bool {
-    Page::at(head.path()).is_some() && !head.chunked && head.content_length.unwrap_or(0) == 0
+    admin::is_own(head.path()) && !head.chunked && head.content_length.unwrap_or(0) == 0
 }
 
-/// Renders a page (or the 401 for a missing token) and logs it.
-pub fn page(proxy: &Proxy, buf: &[u8], head: &Head, stopping: bool) -> Own {
+/// Renders one of keyrelay's own answers (see [`admin::answer_for`]) and logs it.
+pub fn page(proxy: &Proxy, buf: &[u8], head: &Head, loopback: bool, stopping: bool) -> Own {
     let started = Instant::now();
-    let page = Page::at(head.path()).expect("is_own_page checked it");
-    let answer = if page.needs_token() && !proxy.access.allows(head.header_pairs(buf), head.query())
-    {
-        Answer::Error {
-            error: ProxyError::Unauthorized,
+    let own = admin::answer_for(
+        proxy,
+        &head.method,
+        head.path(),
+        head.header_pairs(buf),
+        head.query(),
+        loopback,
+    )
+    .expect("is_own_page checked it");
+    let answer = match own {
+        Ok(page) => Answer::Page(page),
+        Err(error) => Answer::Error {
+            error,
             shape: ErrorShape::OpenAi,
             attempts: 0,
-        }
-    } else {
-        Answer::Page(admin::render(proxy, page))
+        },
     };
     let client = ClientInfo {
         id: proxy.ids.for_request(head.header(buf, "x-request-id")),

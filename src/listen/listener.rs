@@ -347,7 +347,9 @@ impl Listener {
                         )
                     } else if answer::is_own_page(&head) {
                         let stopping = self.front.is_stopping();
-                        let own = answer::page(&self.front.proxy, &conn.buf, &head, stopping);
+                        let loopback = conn.tcp.peer_addr().is_ok_and(|a| a.ip().is_loopback());
+                        let own =
+                            answer::page(&self.front.proxy, &conn.buf, &head, loopback, stopping);
                         conn.consume(head.len);
                         own
                     } else {

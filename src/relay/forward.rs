@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use super::attempt::{UpstreamRequest, attempt};
 use super::body::{BodyError, read_body};
 use super::incoming::Incoming;
+use crate::admin;
 use crate::admin::metrics::route_label;
-use crate::admin::{self, Page};
 use crate::error::ProxyError;
 use crate::listen::{Conn, Head};
 use crate::provider::{ErrorShape, Provider, shape_for, split_route};
@@ -74,16 +74,25 @@ pub(crate) fn handle(
             shape: shape_for(&providers, path),
             attempts: 0,
         },
-        Ok(_) => decide(proxy, &providers, &incoming, path, head.query(), &client.id),
+        Ok(_) => {
+            let loopback = conn.tcp.peer_addr().is_ok_and(|a| a.ip().is_loopback());
+            let query = head.query();
+            decide(
+                proxy, &providers, &incoming, path, query, &client.id, loopback,
+            )
+        }
     };
     progress.started = true;
     let mut out = conn.writer(proxy.limits.client_timeout);
     let report = deliver(&mut out, &client, answer, buffer);
     let (name, rest) = split_route(path);
-    let provider_label = match (providers.iter().any(|p| p.name == name), Page::at(path)) {
+    let provider_label = match (
+        providers.iter().any(|p| p.name == name),
+        admin::is_own(path),
+    ) {
         (true, _) => name,
-        (false, Some(_)) => "keyrelay",
-        (false, None) => "none",
+        (false, true) => "keyrelay",
+        (false, false) => "none",
     };
     let elapsed = queued_at.elapsed();
     proxy
@@ -147,6 +156,7 @@ fn decide(
     path: &str,
     query: &str,
     request_id: &str,
+    loopback: bool,
 ) -> Answer {
     let local = |error, shape| Answer::Error {
         error,
@@ -159,11 +169,11 @@ fn decide(
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
     };
-    if let Some(page) = Page::at(path) {
-        if page.needs_token() && !proxy.access.allows(headers(), query) {
-            return local(ProxyError::Unauthorized, ErrorShape::OpenAi);
-        }
-        return Answer::Page(admin::render(proxy, page));
+    let method = incoming.method.as_str();
+    match admin::answer_for(proxy, method, path, headers(), query, loopback) {
+        Some(Ok(page)) => return Answer::Page(page),
+        Some(Err(error)) => return local(error, ErrorShape::OpenAi),
+        None => {}
     }
     let (name, rest) = split_route(path);
     let Some(provider) = providers.iter().find(|p| p.name == name) else {

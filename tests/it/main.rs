@@ -15,4 +15,5 @@ mod providers;
 mod relay;
 mod rotation;
 mod routing;
+mod steering;
 mod streaming;
