@@ -27,6 +27,8 @@ pub struct Limits {
     pub wait_for_key: Duration,
     /// Longest a client may take to accept one piece of an answer.
     pub client_timeout: Duration,
+    /// Skip keys whose rate-limit headers say they have nothing left (HEADROOM).
+    pub headroom: bool,
 }
 
 /// Everything a worker needs to forward a request.
@@ -66,6 +68,7 @@ impl Proxy {
                 upstream_timeout: config.upstream_timeout,
                 wait_for_key: config.wait_for_key,
                 client_timeout: config.client_idle_timeout,
+                headroom: config.headroom,
             },
             ids: RequestIds::default(),
             access: AccessTokens::new(config.proxy_tokens.clone()),

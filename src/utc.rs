@@ -92,6 +92,42 @@ pub fn format_rfc3339(time: SystemTime) -> String {
     )
 }
 
+/// Parses an RFC 3339 UTC timestamp such as `2024-06-01T12:00:30Z` or `…30.25Z` (fractions
+/// dropped), or with a numeric offset such as `+02:00`.
+pub fn parse_rfc3339(value: &str) -> Option<SystemTime> {
+    let value = value.trim();
+    let (date, time) = value.split_once(['T', 't'])?;
+    let mut ymd = date.split('-').map(|p| p.parse::<u64>().ok());
+    let (year, month, day) = (ymd.next()??, ymd.next()??, ymd.next()??);
+    let (clock, offset_secs): (&str, i64) = if let Some(clock) = time.strip_suffix(['Z', 'z']) {
+        (clock, 0)
+    } else {
+        let at = time.rfind(['+', '-'])?;
+        let (clock, zone) = time.split_at(at);
+        let sign = if zone.starts_with('-') { -1 } else { 1 };
+        let (h, m) = zone[1..].split_once(':')?;
+        (
+            clock,
+            sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60),
+        )
+    };
+    let clock = clock.split('.').next()?;
+    let mut hms = clock.split(':').map(|p| p.parse::<u64>().ok());
+    let (hour, minute, second) = (hms.next()??, hms.next()??, hms.next()??);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let local =
+        (days_from_civil(year, month, day)? * 86_400 + hour * 3600 + minute * 60 + second) as i64;
+    let secs = u64::try_from(local - offset_secs).ok()?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
 /// US Pacific time's offset from UTC in seconds at `time`: -7 h from the second Sunday of March
 /// 02:00 PST to the first Sunday of November 02:00 PDT, -8 h otherwise.
 pub fn pacific_offset_secs(time: SystemTime) -> i64 {
@@ -171,6 +207,10 @@ mod tests {
         assert_eq!(format_rfc3339(t), "1994-11-06T08:49:37Z");
         assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(t));
         assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), Some(t));
+        assert_eq!(parse_rfc3339("1994-11-06T08:49:37Z"), Some(t));
+        assert_eq!(parse_rfc3339("1994-11-06T08:49:37.5Z"), Some(t));
+        assert_eq!(parse_rfc3339("1994-11-06T10:49:37+02:00"), Some(t));
+        assert_eq!(parse_rfc3339("1994-11-06 08:49:37Z"), None);
         assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), Some(t));
         assert_eq!(parse_http_date("Sun Nov 6 08:49:37 1994"), Some(t));
         let in_2030 = parse_http_date("Tuesday, 01-Jan-30 00:00:00 GMT").unwrap();

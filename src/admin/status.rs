@@ -59,7 +59,7 @@ pub(super) fn status(proxy: &Proxy) -> String {
                 .collect();
             let s = &snap.stats;
             keys.push(format!(
-                r#"{{"position":{},"key":{},"state":{},"until":{},"cooldowns":[{}],"requests":{},"successes":{},"rate_limited":{},"quota_exhausted":{},"other_errors":{},"last_error":{}}}"#,
+                r#"{{"position":{},"key":{},"state":{},"until":{},"cooldowns":[{}],"requests":{},"successes":{},"rate_limited":{},"quota_exhausted":{},"other_errors":{},"last_error":{},"headroom":{}}}"#,
                 index + 1,
                 quote(&snap.mask),
                 quote(state),
@@ -70,7 +70,13 @@ pub(super) fn status(proxy: &Proxy) -> String {
                 s.rate_limited,
                 s.by_class[AttemptClass::QuotaExhausted as usize],
                 s.other_errors,
-                s.last_error.map_or("null".to_string(), |c| quote(c.label()))
+                s.last_error.map_or("null".to_string(), |c| quote(c.label())),
+                snap.headroom.map_or("null".to_string(), |h| format!(
+                    r#"{{"requests_remaining":{},"tokens_remaining":{},"resets":{}}}"#,
+                    h.requests_remaining.map_or("null".to_string(), |n| n.to_string()),
+                    h.tokens_remaining.map_or("null".to_string(), |n| n.to_string()),
+                    h.resets_at.map_or("null".to_string(), |at| quote(&wall_time(at, now, wall_now)))
+                ))
             ));
         }
         providers.push(format!(

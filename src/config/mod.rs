@@ -74,6 +74,11 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "when every key is cooling and one frees within this many seconds, hold the request instead of answering 429",
     },
     Setting {
+        name: "HEADROOM",
+        default: "on",
+        meaning: "off stops reading rate-limit headers on successful answers (a key reporting nothing left is otherwise skipped until its window resets)",
+    },
+    Setting {
         name: "ENV_FILE",
         default: ".env",
         meaning: "the environment file read at start and on SIGHUP",
@@ -196,6 +201,8 @@ pub struct Config {
     pub port: u16,
     /// Worker pool size.
     pub workers: usize,
+    /// Skip keys that report no headroom left.
+    pub headroom: bool,
     /// Longest wait in the queue for a worker.
     pub queue_timeout: Duration,
     /// Most open client connections; `None`: derived from the open-file limit at start.
@@ -327,6 +334,16 @@ impl Config {
             port: number(&get, "PORT", 3000, 0, u16::MAX as u64)? as u16,
             workers: number(&get, "WORKERS", 1024, 1, 16_384)? as usize,
             queue_timeout: secs(&get, "QUEUE_TIMEOUT_SECS", 30)?,
+            headroom: match get("HEADROOM").map(|v| v.to_ascii_lowercase()).as_deref() {
+                None | Some("on" | "true" | "1" | "yes") => true,
+                Some("off" | "false" | "0" | "no") => false,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        var: "HEADROOM".to_string(),
+                        reason: format!("{other:?} is not on or off"),
+                    });
+                }
+            },
             max_connections: get("MAX_CONNECTIONS")
                 .map(|_| number(&get, "MAX_CONNECTIONS", 0, 1, 10_000_000))
                 .transpose()?

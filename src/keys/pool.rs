@@ -19,6 +19,8 @@ pub enum BenchReason {
     Rejected(u16),
     /// The key's balance or billing quota is spent (OpenAI's 429 `insufficient_quota`, 402).
     QuotaExhausted(u16),
+    /// A successful answer said the key has no requests or tokens left in its window.
+    NoHeadroom,
 }
 
 impl fmt::Display for BenchReason {
@@ -27,6 +29,7 @@ impl fmt::Display for BenchReason {
             BenchReason::RateLimited => f.write_str("rate limited (429)"),
             BenchReason::Rejected(status) => write!(f, "rejected by upstream ({status})"),
             BenchReason::QuotaExhausted(status) => write!(f, "quota_exhausted ({status})"),
+            BenchReason::NoHeadroom => f.write_str("no headroom left (rate-limit headers)"),
         }
     }
 }
@@ -111,6 +114,19 @@ pub struct KeySnapshot {
     pub stats: KeyStats,
     /// Taken out of rotation by an operator.
     pub disabled: bool,
+    /// What the upstream last said the key has left.
+    pub headroom: Option<HeadroomReport>,
+}
+
+/// The rate-limit headroom a key's last successful answer reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadroomReport {
+    /// Requests left in the window.
+    pub requests_remaining: Option<u64>,
+    /// Tokens left in the tightest token window.
+    pub tokens_remaining: Option<u64>,
+    /// When the window of the scarcer limit resets.
+    pub resets_at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -119,6 +135,7 @@ struct KeySlot {
     stats: KeyStats,
     /// Taken out of rotation by an operator until enabled again.
     disabled: bool,
+    headroom: Option<HeadroomReport>,
 }
 
 struct PoolState {
@@ -210,6 +227,11 @@ impl KeyPool {
     /// Clears every cooldown and bench of the key at `index` (an operator's reset).
     pub fn reset(&self, index: usize) {
         self.lock().slots[index].benches.clear();
+    }
+
+    /// Keeps what the upstream last said the key at `index` has left.
+    pub fn report_headroom(&self, index: usize, report: HeadroomReport) {
+        self.lock().slots[index].headroom = Some(report);
     }
 
     /// Takes the key at `index` out of rotation, or puts it back.
@@ -309,6 +331,7 @@ impl KeyPool {
                     benches: slot.benches.clone(),
                     stats: slot.stats.clone(),
                     disabled: slot.disabled,
+                    headroom: slot.headroom,
                 }
             })
             .collect()

@@ -6,17 +6,18 @@ use std::io::Read;
 use std::thread;
 use std::time::{Instant, SystemTime};
 
-use log::{debug, warn};
+use log::{debug, info, warn};
 use ureq::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
+use super::headroom::Headroom;
 use super::incoming::Incoming;
-use super::outcome::{Verdict, needs_body, rate_limit_cooldown, verdict};
+use super::outcome::{MAX_COOLDOWN, Verdict, needs_body, rate_limit_cooldown, verdict};
 use super::redact::{read_small, redact_location, redact_saved};
 use super::upstream::{self, CallFailure};
 use crate::config::{QUOTA_BENCH, REJECTED_KEY_BENCH};
 use crate::error::ProxyError;
 use crate::headers::forward_request_header;
-use crate::keys::{AttemptClass, BenchReason};
+use crate::keys::{AttemptClass, BenchReason, HeadroomReport};
 use crate::provider::{AuthStyle, Provider};
 use crate::proxy::Proxy;
 use crate::respond::answer::{Answer, SavedAnswer};
@@ -243,6 +244,9 @@ pub(crate) fn try_round(
             }
             Verdict::Relay => {
                 pool.record(index, AttemptClass::Success);
+                if proxy.limits.headroom {
+                    note_headroom(provider, index, model, response.headers());
+                }
                 return Ok(relay_answer(
                     provider,
                     response,
@@ -323,6 +327,44 @@ pub(crate) fn read_error_body(response: &mut ureq::http::Response<ureq::Body>) -
         .take(MAX_ERROR_BODY)
         .read_to_end(&mut body);
     body
+}
+
+/// Reads what a successful answer says the key has left; a key with nothing left is benched
+/// (for this model) until its window resets, so the next request goes to another key instead
+/// of earning a 429.
+fn note_headroom(provider: &Provider, index: usize, model: Option<&str>, headers: &HeaderMap) {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let headroom = Headroom::from_headers(header, SystemTime::now());
+    if !headroom.reported() {
+        return;
+    }
+    let now = Instant::now();
+    let wait = headroom.exhausted_for().map(|wait| wait.min(MAX_COOLDOWN));
+    // Exhausted: when the key frees; otherwise the next window reset reported.
+    let next_reset = [headroom.requests, headroom.tokens]
+        .into_iter()
+        .flatten()
+        .filter_map(|limit| limit.reset)
+        .min();
+    provider.pool.report_headroom(
+        index,
+        HeadroomReport {
+            requests_remaining: headroom.requests.map(|l| l.remaining),
+            tokens_remaining: headroom.tokens.map(|l| l.remaining),
+            resets_at: wait.or(next_reset).map(|d| now + d),
+        },
+    );
+    if let Some(wait) = wait.filter(|w| !w.is_zero()) {
+        let reason = BenchReason::NoHeadroom;
+        provider.pool.bench(index, model, now + wait, reason);
+        info!(
+            "{} key={} skipped for {}s{}: {reason}",
+            provider.name,
+            provider.pool.key(index),
+            wait.as_secs_f64().ceil(),
+            model.map(|m| format!(" for model {m}")).unwrap_or_default()
+        );
+    }
 }
 
 /// The answer to relay. A 2xx answer and a stream flow through as they arrive; another error

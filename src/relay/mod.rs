@@ -4,6 +4,7 @@
 mod attempt;
 mod body;
 mod forward;
+mod headroom;
 mod incoming;
 mod outcome;
 pub mod probe;

@@ -6,6 +6,7 @@ mod support;
 mod config;
 mod frontend;
 mod hardening;
+mod headroom;
 mod keys;
 mod logging;
 mod nginx;
