@@ -34,6 +34,7 @@ pub mod config;
 pub mod error;
 mod headers;
 mod json;
+pub mod json_log;
 pub mod keys;
 pub mod listen;
 mod load;

@@ -54,7 +54,11 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    if let Err(message) = init_logging(config.log_level, config.log_file.as_deref()) {
+    if let Err(message) = init_logging(
+        config.log_level,
+        config.log_file.as_deref(),
+        config.log_json,
+    ) {
         eprintln!("keyrelay: LOG_FILE: {message}");
         return ExitCode::from(2);
     }
@@ -96,13 +100,27 @@ fn reload_config(proxy: &Proxy) {
     }
 }
 
-fn init_logging(level: LogLevel, log_file: Option<&str>) -> Result<(), String> {
+fn init_logging(level: LogLevel, log_file: Option<&str>, json: bool) -> Result<(), String> {
     let filter = match level {
         LogLevel::Error => LevelFilter::Error,
         LogLevel::Warn => LevelFilter::Warn,
         LogLevel::Info => LevelFilter::Info,
         LogLevel::Debug => LevelFilter::Debug,
     };
+    let open_log_file = |path: &str| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("cannot open {path}: {e}"))
+    };
+    if json {
+        let mut outputs: Vec<Box<dyn std::io::Write + Send>> = vec![Box::new(std::io::stderr())];
+        if let Some(path) = log_file {
+            outputs.push(Box::new(open_log_file(path)?));
+        }
+        return keyrelay::json_log::JsonLogger::init(filter, outputs);
+    }
     let config = simplelog::ConfigBuilder::new()
         .set_time_format_rfc3339()
         .set_target_level(LevelFilter::Off)
@@ -116,11 +134,7 @@ fn init_logging(level: LogLevel, log_file: Option<&str>) -> Result<(), String> {
         LineWriter::new(std::io::stderr()),
     )];
     if let Some(path) = log_file {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| format!("cannot open {path}: {e}"))?;
+        let file = open_log_file(path)?;
         loggers.push(simplelog::WriteLogger::new(
             filter,
             config,

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use log::info;
 
+use crate::json::quote;
+
 /// One request log line: `req=… METHOD /path status= attempts= key= ms= queued_ms=` and a note.
 pub(crate) struct RequestLog<'a> {
     pub(crate) id: &'a str,
@@ -21,6 +23,9 @@ pub(crate) struct RequestLog<'a> {
 
 impl RequestLog<'_> {
     pub(crate) fn write(&self) {
+        if crate::json_log::enabled() {
+            return info!("{}", self.json_members());
+        }
         info!(
             "req={} {} {} status={} attempts={} key={} ms={} queued_ms={}{}",
             self.id,
@@ -33,5 +38,28 @@ impl RequestLog<'_> {
             self.queued.as_millis(),
             self.note
         );
+    }
+
+    /// The same fields as one JSON object (the logger adds `time` and `level`); the note's
+    /// `aborted=` / `refused=` become members of their own.
+    fn json_members(&self) -> String {
+        let mut out = format!(
+            r#"{{"req":{},"method":{},"path":{},"status":{},"attempts":{},"key":{},"ms":{},"queued_ms":{}"#,
+            quote(self.id),
+            quote(self.method),
+            quote(self.path),
+            self.status,
+            self.attempts,
+            self.key.map_or("null".to_string(), quote),
+            self.elapsed.as_millis(),
+            self.queued.as_millis()
+        );
+        for pair in self.note.split_whitespace() {
+            if let Some((name, value)) = pair.split_once('=') {
+                out.push_str(&format!(",{}:{}", quote(name), quote(value)));
+            }
+        }
+        out.push('}');
+        out
     }
 }

@@ -92,6 +92,15 @@ pub fn format_rfc3339(time: SystemTime) -> String {
     )
 }
 
+/// `format_rfc3339` with milliseconds: `2024-06-01T12:00:30.125Z`.
+pub fn format_rfc3339_millis(time: SystemTime) -> String {
+    let millis = time
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_millis());
+    let whole = format_rfc3339(time);
+    format!("{}.{millis:03}Z", whole.trim_end_matches('Z'))
+}
+
 /// Parses an RFC 3339 UTC timestamp such as `2024-06-01T12:00:30Z` or `…30.25Z` (fractions
 /// dropped), or with a numeric offset such as `+02:00`.
 pub fn parse_rfc3339(value: &str) -> Option<SystemTime> {

@@ -134,6 +134,11 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "error, warn, info or debug",
     },
     Setting {
+        name: "LOG_FORMAT",
+        default: "text",
+        meaning: "text, or json for one JSON object per line (time, level, and the request line's fields)",
+    },
+    Setting {
         name: "LOG_FILE",
         default: "-",
         meaning: "also append log lines to this file",
@@ -223,6 +228,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Log verbosity.
     pub log_level: LogLevel,
+    /// One JSON object per log line instead of text.
+    pub log_json: bool,
     /// Extra log destination.
     pub log_file: Option<String>,
     /// Client access tokens (empty: none required).
@@ -356,6 +363,16 @@ impl Config {
             client_idle_timeout: secs(&get, "CLIENT_IDLE_TIMEOUT_SECS", 60)?,
             shutdown_grace: secs(&get, "SHUTDOWN_GRACE_SECS", 30)?,
             log_level: parse_log_level(get("LOG_LEVEL").as_deref())?,
+            log_json: match get("LOG_FORMAT").map(|v| v.to_ascii_lowercase()).as_deref() {
+                None | Some("text") => false,
+                Some("json") => true,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        var: "LOG_FORMAT".to_string(),
+                        reason: format!("{other:?} is not text or json"),
+                    });
+                }
+            },
             providers,
         })
     }

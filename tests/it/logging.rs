@@ -145,3 +145,52 @@ fn no_secret_appears_in_any_log_line_or_reply() {
         proxy.log_text()
     );
 }
+
+#[test]
+fn log_format_json_writes_one_object_per_line_with_the_request_fields_and_no_key() {
+    let mock = Mock::start(script);
+    let proxy = proxy_to(&mock.url(), &[LIMITED, REVOKED, GOOD], &[])
+        .env("LOG_FORMAT", "json")
+        .start();
+    for _ in 0..3 {
+        get(proxy.port, "/openai/v1/models");
+    }
+    let done = proxy.wait_log(Duration::from_secs(5), |lines| {
+        lines.iter().filter(|l| l.contains(r#""req":"#)).count() >= 3
+    });
+    assert!(done, "{}", proxy.log_text());
+    let lines = proxy.log();
+    for line in &lines {
+        assert!(
+            line.starts_with(r#"{"time":""#)
+                && line.ends_with('}')
+                && line.contains(r#","level":""#),
+            "not a JSON object line: {line}"
+        );
+        for key in [LIMITED, REVOKED, GOOD] {
+            assert!(!line.contains(key), "a key in the log: {line}");
+        }
+    }
+    let request = lines
+        .iter()
+        .find(|l| l.contains(r#""status":200"#))
+        .expect("a request line with status 200");
+    for member in [
+        r#""level":"INFO""#,
+        r#""method":"GET""#,
+        r#""path":"/openai/v1/models""#,
+        r#""queued_ms":"#,
+        r#""attempts":"#,
+        r#""ms":"#,
+    ] {
+        assert!(request.contains(member), "{member} missing: {request}");
+    }
+    let good = format!(r#""key":"{}""#, mask(GOOD));
+    assert!(request.contains(&good), "{request}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(r#""level":"WARN""#) && l.contains("benched")),
+        "the bench WARN line is JSON too"
+    );
+}
