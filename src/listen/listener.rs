@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -39,8 +40,8 @@ const ACCEPT_BATCH: usize = 256;
 /// Token of the listening socket.
 const LISTEN_TOKEN: u64 = 0;
 
-/// Reads larger than this much unparsed data are not taken: the head bound is exceeded anyway.
-const MAX_BUFFERED: usize = super::head::MAX_HEAD_BYTES + 32 * 1024;
+/// Bytes taken per read: a head in a few turns at most, little of a queued body held.
+const READ_SIZE: usize = 16 * 1024;
 
 /// Settings of the front end.
 #[derive(Debug, Clone, Copy)]
@@ -185,7 +186,7 @@ pub fn run(front: Arc<Front>, tcp: TcpListener) {
     let mut listener = Listener {
         front,
         tcp: Some(tcp),
-        scratch: vec![0; 64 * 1024].into_boxed_slice(),
+        scratch: vec![0; READ_SIZE].into_boxed_slice(),
         next_token: LISTEN_TOKEN + 1,
         accept_paused_until: None,
         accept_warning: Throttle::default(),
@@ -208,10 +209,21 @@ pub fn run(front: Arc<Front>, tcp: TcpListener) {
             std::thread::sleep(ACCEPT_BACKOFF);
         }
         for ready in &events {
-            if ready.token == LISTEN_TOKEN {
-                listener.accept();
-            } else {
-                listener.on_ready(ready.token);
+            // A bug while handling one connection costs that connection, never the listener.
+            let handled = panic::catch_unwind(AssertUnwindSafe(|| {
+                if ready.token == LISTEN_TOKEN {
+                    listener.accept();
+                } else {
+                    listener.on_ready(ready.token);
+                }
+            }));
+            if handled.is_err() {
+                error!(
+                    "the listener panicked on one connection; it was dropped, the listener goes on"
+                );
+                if ready.token == LISTEN_TOKEN {
+                    listener.arm_accept();
+                }
             }
         }
         if let Some(until) = listener.accept_paused_until
@@ -222,7 +234,9 @@ pub fn run(front: Arc<Front>, tcp: TcpListener) {
         }
         if last_tick.elapsed() >= TICK {
             last_tick = Instant::now();
-            listener.tick();
+            if panic::catch_unwind(AssertUnwindSafe(|| listener.tick())).is_err() {
+                error!("the listener panicked in its clock tick; it goes on");
+            }
         }
     }
 }
@@ -308,18 +322,18 @@ impl Listener {
         }
     }
 
-    /// Takes what the client sent, then acts on complete heads.
+    /// Takes one read of what the client sent (the socket stays ready if there is more, so a
+    /// head larger than one read comes in a few turns, and a queued request holds at most one
+    /// read of its body), then acts on complete heads.
     fn read(&mut self, mut conn: Conn) {
         loop {
             match recv_now(&conn.tcp, &mut self.scratch) {
-                // The client closed (or half-closed, which HTTP clients do not do mid-request).
+                // The client closed; a half-close counts as leaving too, as for nginx.
                 Ok(0) => return,
                 Ok(n) => {
                     conn.buf.extend_from_slice(&self.scratch[..n]);
                     conn.active_at = Instant::now();
-                    if n < self.scratch.len() || conn.buf.len() > MAX_BUFFERED {
-                        break;
-                    }
+                    break;
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}

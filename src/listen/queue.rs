@@ -80,6 +80,13 @@ impl WorkQueue {
         self.load.set_workers(state.spawned);
     }
 
+    /// A worker thread ended: its slot is free for a new one.
+    pub fn worker_died(&self) {
+        let mut state = self.lock();
+        state.spawned = state.spawned.saturating_sub(1);
+        self.load.set_workers(state.spawned);
+    }
+
     /// Counts the calling worker idle ahead of its next [`take`](Self::take): it is about to
     /// hand a connection back, whose next request may be queued before it gets there.
     pub fn returning(&self) {

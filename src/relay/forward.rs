@@ -2,6 +2,7 @@
 //! access tokens, provider), hand it to the attempts (attempt.rs), write the answer
 //! (respond.rs), and record it in one INFO line and the metrics.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::attempt::{UpstreamRequest, attempt};
@@ -43,13 +44,18 @@ pub(crate) fn handle(
     conn: &mut Conn,
     head: &Head,
     (queued_at, queued): (Instant, Duration),
-    stopping: bool,
+    stopping: &AtomicBool,
     buffer: &mut RelayBuffer,
     progress: &mut Progress,
 ) -> After {
     let mut incoming = Incoming::from_head(&conn.buf, head);
     let mut refused = false;
-    match read_body(conn, head, proxy.limits.max_body_bytes) {
+    match read_body(
+        conn,
+        head,
+        proxy.limits.max_body_bytes,
+        proxy.limits.client_timeout,
+    ) {
         Ok(body) => incoming.body = Ok(body),
         Err(BodyError::Gone) => return After::Close,
         Err(BodyError::Refuse(error)) => {
@@ -64,7 +70,8 @@ pub(crate) fn handle(
         id: proxy.ids.for_request(incoming.header("x-request-id")),
         method: incoming.method.clone(),
         http10: head.http10,
-        wants_close: head.close || stopping || refused,
+        // Read now, after the body: a shutdown that began meanwhile closes after this answer.
+        wants_close: head.close || stopping.load(Ordering::Relaxed) || refused,
     };
     let providers = proxy.providers();
     let answer = match &incoming.body {

@@ -15,8 +15,22 @@ use crate::respond::stream::RelayBuffer;
 /// A request that waited at least this long is checked for a client that left meanwhile.
 const GONE_CHECK_AFTER: Duration = Duration::from_millis(1);
 
+/// Gives the worker's slot back if the thread dies of a panic outside a request's handler, so
+/// the pool can start a replacement.
+struct SlotGuard<'a>(&'a Front);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            error!("a worker thread died; a new one starts when needed");
+            self.0.queue.worker_died();
+        }
+    }
+}
+
 /// Serves queued requests until the process exits.
 pub fn run(front: &Front) {
+    let _slot = SlotGuard(front);
     let mut buffer = RelayBuffer::default();
     let mut counted = true;
     loop {
@@ -62,14 +76,13 @@ fn serve(front: &Front, job: Job, buffer: &mut RelayBuffer) -> Option<Conn> {
             return None;
         }
         let mut progress = Progress::default();
-        let stopping = front.is_stopping();
         let handled = panic::catch_unwind(AssertUnwindSafe(|| {
             forward::handle(
                 proxy,
                 &mut conn,
                 &head,
                 (queued_at, queued),
-                stopping,
+                &front.stopping,
                 buffer,
                 &mut progress,
             )

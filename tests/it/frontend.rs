@@ -679,3 +679,79 @@ fn buffers_shrink_after_a_large_body_on_a_kept_alive_connection() {
     );
     assert_running(&mut proxy, "a large body");
 }
+
+/// Regression (review of the new front end): a worker zero-filled the whole declared
+/// Content-Length before any body byte arrived, so 64 heads declaring 32 MiB each took the
+/// process from 3 MB to 1.76 GB.
+#[test]
+fn a_declared_body_length_costs_memory_only_as_its_bytes_arrive() {
+    const CLIENTS: usize = 64;
+    let mock = Mock::ok();
+    let proxy = proxy_to(&mock.url(), &[KEY], &[]).start();
+    let port = proxy.port;
+    warm_up(port);
+    let head = b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 33554432\r\n\r\nx";
+    let clients: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| {
+            let mut stream = connect(port);
+            stream.write_all(head).expect("send a head");
+            stream
+        })
+        .collect();
+    // Every request is with a worker, waiting for its body.
+    let taken = wait_until(Duration::from_secs(10), || {
+        procfs::usage(proxy.pid()).threads >= CLIENTS as u64
+    });
+    let usage = procfs::usage(proxy.pid());
+    eprintln!("{CLIENTS} heads declaring 32 MiB each: {usage}");
+    assert!(taken, "the requests never reached workers: {usage}");
+    assert!(
+        usage.rss_kib < 100 * 1024,
+        "RSS {} KiB with {CLIENTS} bodies declared but not sent",
+        usage.rss_kib
+    );
+    drop(clients);
+}
+
+/// Regression (review): a body sent a byte at a time, each just inside the idle timeout, held
+/// its worker for as long as the client liked.
+#[test]
+fn a_body_trickled_below_the_minimum_rate_is_cut_off() {
+    let mock = Mock::ok();
+    let proxy = proxy_to(&mock.url(), &[KEY], &[])
+        .env("CLIENT_IDLE_TIMEOUT_SECS", "2")
+        .start();
+    let port = proxy.port;
+    let mut stream = connect(port);
+    stream
+        .write_all(b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        .expect("send the head");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut received = Vec::new();
+    // A byte every 500 ms: every read is well inside the 2 s idle timeout, the body never ends.
+    while started.elapsed() < Duration::from_secs(20) {
+        if stream.write_all(b"{").is_err() {
+            break;
+        }
+        let mut buf = [0u8; 4096];
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+        if !received.is_empty() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(400));
+    }
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&received);
+    eprintln!("trickled body cut off after {took:?}: {}", squash(&text));
+    assert!(text.starts_with("HTTP/1.1 408"), "after {took:?}: {text:?}");
+    assert!(took < Duration::from_secs(10), "held for {took:?}");
+    assert_eq!(mock.count(), 0, "an unfinished body reached the upstream");
+}
