@@ -45,4 +45,5 @@ mod request_id;
 mod request_log;
 mod respond;
 pub mod server;
+pub mod state_file;
 pub mod utc;

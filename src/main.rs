@@ -174,7 +174,32 @@ fn serve(config: Config) -> ExitCode {
         },
         shutdown_grace: config.shutdown_grace,
     };
-    match listener.serve(proxy, settings, reload) {
+    let state = config.state_file.as_ref().map(|path| {
+        let path = std::path::PathBuf::from(path);
+        keyrelay::state_file::load(&proxy, &path);
+        let writer = Arc::new(std::sync::Mutex::new(keyrelay::state_file::Writer::new(
+            path,
+        )));
+        let (ticking, watched) = (Arc::clone(&writer), Arc::clone(&proxy));
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(keyrelay::state_file::WRITE_EVERY);
+                ticking
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .sync(&watched);
+            }
+        });
+        writer
+    });
+    let served = listener.serve(Arc::clone(&proxy), settings, reload);
+    if let Some(writer) = state {
+        writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sync(&proxy);
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!("server failed: {err}");

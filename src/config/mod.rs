@@ -129,6 +129,11 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "on SIGTERM / SIGINT, how long in-flight requests and streams may take to finish",
     },
     Setting {
+        name: "STATE_FILE",
+        default: "-",
+        meaning: "keep cooldowns, benches and disabled keys in this file across restarts (keys named by a SHA-256 prefix)",
+    },
+    Setting {
         name: "LOG_LEVEL",
         default: "info",
         meaning: "error, warn, info or debug",
@@ -232,6 +237,8 @@ pub struct Config {
     pub log_json: bool,
     /// Extra log destination.
     pub log_file: Option<String>,
+    /// Where cooldowns and disabled flags outlive a restart.
+    pub state_file: Option<String>,
     /// Client access tokens (empty: none required).
     pub proxy_tokens: Vec<ApiKey>,
     /// Providers, keyed by route name, in a fixed order.
@@ -336,6 +343,7 @@ impl Config {
         }
         Ok(Config {
             log_file: get("LOG_FILE"),
+            state_file: get("STATE_FILE"),
             proxy_tokens,
             host,
             port: number(&get, "PORT", 3000, 0, u16::MAX as u64)? as u16,

@@ -11,3 +11,5 @@ pub mod probe;
 mod redact;
 pub mod upstream;
 pub mod worker;
+
+pub use outcome::MAX_COOLDOWN;

@@ -16,5 +16,6 @@ mod providers;
 mod relay;
 mod rotation;
 mod routing;
+mod state;
 mod steering;
 mod streaming;

@@ -1,0 +1,280 @@
+//! STATE_FILE: cooldowns, benches (reason, until) and disabled flags outlive a restart, so a key
+//! benched until Pacific midnight is not hammered again by every deploy. Keys are named in the
+//! file by a SHA-256 prefix, never by the key. Written atomically (temp file + rename) at most
+//! about once a second when something changed, and at shutdown; read at start. A corrupt or
+//! unreadable file is logged and ignored, never fatal.
+//!
+//! Format, one line each: `keyrelay-state 1`, then
+//! `<provider> <key-id> disabled` and `<provider> <key-id> bench <unix-secs> <reason> <model|->`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{info, warn};
+
+use crate::keys::{ApiKey, Bench, BenchReason};
+use crate::proxy::Proxy;
+
+const HEADER: &str = "keyrelay-state 1";
+
+/// How often the writer looks for changes.
+pub const WRITE_EVERY: Duration = Duration::from_secs(1);
+
+/// A key's name in the file: the first 16 hex digits of its SHA-256.
+fn key_id(key: &ApiKey) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.secret().as_bytes());
+    digest.as_ref()[..8]
+        .iter()
+        .fold(String::new(), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
+fn reason_word(reason: BenchReason) -> String {
+    match reason {
+        BenchReason::RateLimited => "rate_limited".into(),
+        BenchReason::Rejected(status) => format!("rejected:{status}"),
+        BenchReason::QuotaExhausted(status) => format!("quota:{status}"),
+        BenchReason::NoHeadroom => "headroom".into(),
+    }
+}
+
+fn parse_reason(word: &str) -> Option<BenchReason> {
+    let status = |rest: &str| rest.parse::<u16>().ok();
+    match word.split_once(':') {
+        None if word == "rate_limited" => Some(BenchReason::RateLimited),
+        None if word == "headroom" => Some(BenchReason::NoHeadroom),
+        Some(("rejected", rest)) => status(rest).map(BenchReason::Rejected),
+        Some(("quota", rest)) => status(rest).map(BenchReason::QuotaExhausted),
+        _ => None,
+    }
+}
+
+/// The state of every pool as file text (ended cooldowns are left out).
+pub fn render(proxy: &Proxy, now: Instant, wall_now: SystemTime) -> String {
+    let mut out = format!("{HEADER}\n");
+    for provider in proxy.providers().iter() {
+        for (index, snap) in provider.pool.snapshot(now).into_iter().enumerate() {
+            let id = key_id(provider.pool.key(index));
+            if snap.disabled {
+                let _ = writeln!(out, "{} {id} disabled", provider.name);
+            }
+            for bench in &snap.benches {
+                // Whole seconds, rounded up: the same state renders the same text from one
+                // second to the next, so an unchanged pool is not rewritten.
+                let until = wall_now + bench.until.saturating_duration_since(now);
+                let secs = until
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+                let _ = writeln!(
+                    out,
+                    "{} {id} bench {secs} {} {}",
+                    provider.name,
+                    reason_word(bench.reason),
+                    bench.model.as_deref().unwrap_or("-")
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Applies file text to the pools; returns how many entries were restored, or why the text was
+/// refused (nothing is applied then).
+pub fn apply(
+    proxy: &Proxy,
+    text: &str,
+    now: Instant,
+    wall_now: SystemTime,
+) -> Result<usize, String> {
+    let mut lines = text.lines();
+    if lines.next() != Some(HEADER) {
+        return Err(format!("it does not start with {HEADER:?}"));
+    }
+    enum Entry {
+        Disabled,
+        Bench(Bench),
+    }
+    let mut entries = Vec::new();
+    for (number, line) in lines.enumerate() {
+        let bad = || format!("line {} is not a state entry", number + 2);
+        let fields: Vec<&str> = line.split(' ').collect();
+        let entry = match fields.as_slice() {
+            [provider, id, "disabled"] => (*provider, *id, Entry::Disabled),
+            [provider, id, "bench", secs, reason, model] => {
+                let secs: u64 = secs.parse().map_err(|_| bad())?;
+                let reason = parse_reason(reason).ok_or_else(bad)?;
+                let until_wall = UNIX_EPOCH + Duration::from_secs(secs.min(1 << 40));
+                let Ok(left) = until_wall.duration_since(wall_now) else {
+                    continue; // ended while keyrelay was down
+                };
+                let model = (*model != "-").then(|| model.to_string());
+                let until = now + left.min(crate::relay::MAX_COOLDOWN);
+                (
+                    *provider,
+                    *id,
+                    Entry::Bench(Bench {
+                        model,
+                        until,
+                        reason,
+                    }),
+                )
+            }
+            [] | [""] => continue,
+            _ => return Err(bad()),
+        };
+        entries.push(entry);
+    }
+    let providers = proxy.providers();
+    let mut restored = 0;
+    for (name, id, entry) in entries {
+        let Some(provider) = providers.iter().find(|p| p.name == name) else {
+            continue;
+        };
+        let Some(index) = (0..provider.pool.len()).find(|&i| key_id(provider.pool.key(i)) == id)
+        else {
+            continue; // a key no longer configured
+        };
+        match entry {
+            Entry::Disabled => provider.pool.set_disabled(index, true),
+            Entry::Bench(bench) => {
+                provider
+                    .pool
+                    .bench(index, bench.model.as_deref(), bench.until, bench.reason);
+            }
+        }
+        restored += 1;
+    }
+    Ok(restored)
+}
+
+/// Reads the state file at start, logging what it restored or why it was ignored.
+pub fn load(proxy: &Proxy, path: &Path) {
+    match std::fs::read_to_string(path) {
+        Ok(text) => match apply(proxy, &text, Instant::now(), SystemTime::now()) {
+            Ok(n) => info!(
+                "STATE_FILE {}: restored {n} cooldown(s) and disabled flag(s)",
+                path.display()
+            ),
+            Err(why) => warn!("STATE_FILE {} ignored: {why}", path.display()),
+        },
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => warn!(
+            "STATE_FILE {} ignored: cannot read it: {err}",
+            path.display()
+        ),
+    }
+}
+
+/// Writes `text` to `path` atomically: a temp file beside it, then a rename.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut temp = PathBuf::from(path);
+    temp.as_mut_os_string().push(".tmp");
+    std::fs::write(&temp, text)?;
+    std::fs::rename(&temp, path)
+}
+
+/// Keeps the file in step with the pools: writes when the state differs from what was last
+/// written. Called once a second by the writer thread and once at shutdown.
+pub struct Writer {
+    path: PathBuf,
+    last: String,
+    warned: bool,
+}
+
+impl Writer {
+    /// A writer for `path`.
+    pub fn new(path: PathBuf) -> Writer {
+        Writer {
+            path,
+            last: String::new(),
+            warned: false,
+        }
+    }
+
+    /// Writes the current state if it changed.
+    pub fn sync(&mut self, proxy: &Proxy) {
+        let text = render(proxy, Instant::now(), SystemTime::now());
+        if text == self.last {
+            return;
+        }
+        match write_atomically(&self.path, &text) {
+            Ok(()) => {
+                self.last = text;
+                self.warned = false;
+            }
+            Err(err) if !self.warned => {
+                warn!("STATE_FILE {}: cannot write it: {err}", self.path.display());
+                self.warned = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn proxy(keys: &str) -> Proxy {
+        let keys = keys.to_string();
+        let config = Config::from_lookup(&move |name: &str| {
+            (name == "OPENAI_API_KEYS").then(|| keys.clone())
+        })
+        .unwrap();
+        Proxy::new(&config)
+    }
+
+    #[test]
+    fn state_survives_a_round_trip_without_naming_a_key() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let before = proxy("sk-state-key-0000001,sk-state-key-0000002,sk-state-key-0000003");
+        let pool = &before.providers()[0].pool;
+        pool.bench(
+            0,
+            Some("gpt-x"),
+            now + Duration::from_secs(90),
+            BenchReason::RateLimited,
+        );
+        pool.bench(
+            1,
+            None,
+            now + Duration::from_secs(1800),
+            BenchReason::Rejected(401),
+        );
+        pool.set_disabled(2, true);
+        let text = render(&before, now, wall);
+        assert!(!text.contains("sk-state"), "{text}");
+        // The third key is gone from the new configuration; a new one came.
+        let after = proxy("sk-state-key-0000002,sk-state-key-0000001,sk-state-key-0000009");
+        assert_eq!(apply(&after, &text, now, wall), Ok(2));
+        let snaps = after.providers()[0].pool.snapshot(now);
+        assert_eq!(snaps[0].benches[0].reason, BenchReason::Rejected(401));
+        assert_eq!(snaps[1].benches[0].model.as_deref(), Some("gpt-x"));
+        assert!(snaps[2].benches.is_empty() && !snaps[2].disabled);
+        assert_eq!(render(&after, now, wall).lines().count(), 3);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_refused_whole_and_ended_cooldowns_are_dropped() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let p = proxy("sk-state-key-0000001");
+        assert!(apply(&p, "garbage", now, wall).is_err());
+        assert!(
+            apply(
+                &p,
+                "keyrelay-state 1\nopenai x bench soon rate_limited -",
+                now,
+                wall
+            )
+            .is_err()
+        );
+        let id = key_id(p.providers()[0].pool.key(0));
+        let ended = format!("keyrelay-state 1\nopenai {id} bench 1000 rate_limited -\n");
+        assert_eq!(apply(&p, &ended, now, wall), Ok(0));
+        assert!(p.providers()[0].pool.is_ready(0, None, now));
+    }
+}
