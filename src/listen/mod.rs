@@ -21,4 +21,4 @@ pub(crate) use conn::{Conn, Phase};
 pub(crate) use head::{Head, parse_head};
 pub(crate) use poller::Interest;
 pub(crate) use queue::Job;
-pub(crate) use socket::peer_gone;
+pub(crate) use socket::{peer_gone, recv_now, wait_readable};

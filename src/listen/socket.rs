@@ -65,6 +65,18 @@ pub fn peers_gone(sockets: &[&TcpStream]) -> Vec<bool> {
         .collect()
 }
 
+/// Waits up to `timeout_ms` for bytes (or the end) on `tcp`; true when a read would not block.
+pub fn wait_readable(tcp: &TcpStream, timeout_ms: i32) -> bool {
+    let mut fd = libc::pollfd {
+        fd: tcp.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one initialised pollfd, for the duration of the call.
+    let status = unsafe { libc::poll(&mut fd, 1, timeout_ms) };
+    status > 0
+}
+
 /// Connections the kernel may queue for `accept()`. std listens with 128, and when more clients
 /// connect at once (SDKs reconnecting after a restart) the kernel drops the extra SYNs and
 /// those clients wait a full second to retry. The kernel caps it at net.core.somaxconn.
