@@ -290,7 +290,7 @@ fn print_summary(
     println!(
         "RESULT streams={} concurrent_peak={} ok={ok} stalled={stalled} failed={failed} events={} \
 delay_p50_ms={:.3} delay_p99_ms={:.3} delay_max_ms={:.3} first_event_p50_ms={:.3} \
-first_event_max_ms={:.3} rss_peak_kib={} threads_peak={} wall_s={:.2}",
+first_event_p99_ms={:.3} first_event_max_ms={:.3} rss_peak_kib={} threads_peak={} wall_s={:.2}",
         options.streams,
         peak_concurrency(reports),
         delays.len(),
@@ -298,6 +298,7 @@ first_event_max_ms={:.3} rss_peak_kib={} threads_peak={} wall_s={:.2}",
         percentile_ms(&delays, 99.0),
         percentile_ms(&delays, 100.0),
         percentile_ms(&firsts, 50.0),
+        percentile_ms(&firsts, 99.0),
         percentile_ms(&firsts, 100.0),
         peak.rss_kib,
         peak.threads,
