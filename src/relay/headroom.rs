@@ -33,17 +33,20 @@ impl Headroom {
     /// Reads the rate-limit headers through `header` (a case-insensitive lookup).
     pub fn from_headers<'a>(header: impl Fn(&str) -> Option<&'a str>, now: SystemTime) -> Headroom {
         let number = |name: &str| header(name).and_then(|v| v.trim().parse::<u64>().ok());
-        let openai = |kind: &str| {
-            let remaining = number(&format!("x-ratelimit-remaining-{kind}"))?;
-            let reset = header(&format!("x-ratelimit-reset-{kind}")).and_then(parse_go_duration);
-            Some(Limit { remaining, reset })
+        // Static names: this runs on every successful answer.
+        let openai = |remaining: &str, reset: &str| {
+            Some(Limit {
+                remaining: number(remaining)?,
+                reset: header(reset).and_then(parse_go_duration),
+            })
         };
-        let anthropic = |kind: &str| {
-            let remaining = number(&format!("anthropic-ratelimit-{kind}-remaining"))?;
-            let reset = header(&format!("anthropic-ratelimit-{kind}-reset"))
-                .and_then(parse_rfc3339)
-                .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO));
-            Some(Limit { remaining, reset })
+        let anthropic = |remaining: &str, reset: &str| {
+            Some(Limit {
+                remaining: number(remaining)?,
+                reset: header(reset)
+                    .and_then(parse_rfc3339)
+                    .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO)),
+            })
         };
         let openrouter = || {
             let remaining = number("x-ratelimit-remaining")?;
@@ -54,22 +57,44 @@ impl Headroom {
             });
             Some(Limit { remaining, reset })
         };
-        let tightest = |limits: [Option<Limit>; 3]| {
+        let tightest = |limits: [Option<Limit>; 2]| {
             limits
                 .into_iter()
                 .flatten()
                 .min_by_key(|l| (l.remaining, l.reset))
         };
-        Headroom {
-            requests: openai("requests")
-                .or_else(|| anthropic("requests"))
-                .or_else(openrouter),
-            tokens: tightest([openai("tokens"), anthropic("tokens"), None]).or_else(|| {
-                tightest([anthropic("input-tokens"), anthropic("output-tokens"), None])
-            }),
-        }
+        let requests = openai(
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        )
+        .or_else(|| {
+            anthropic(
+                "anthropic-ratelimit-requests-remaining",
+                "anthropic-ratelimit-requests-reset",
+            )
+        })
+        .or_else(openrouter);
+        let tokens = tightest([
+            openai("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+            anthropic(
+                "anthropic-ratelimit-tokens-remaining",
+                "anthropic-ratelimit-tokens-reset",
+            ),
+        ])
+        .or_else(|| {
+            tightest([
+                anthropic(
+                    "anthropic-ratelimit-input-tokens-remaining",
+                    "anthropic-ratelimit-input-tokens-reset",
+                ),
+                anthropic(
+                    "anthropic-ratelimit-output-tokens-remaining",
+                    "anthropic-ratelimit-output-tokens-reset",
+                ),
+            ])
+        });
+        Headroom { requests, tokens }
     }
-
     /// Whether the key reported anything at all.
     pub fn reported(&self) -> bool {
         self.requests.is_some() || self.tokens.is_some()
