@@ -19,3 +19,4 @@ mod routing;
 mod state;
 mod steering;
 mod streaming;
+mod upstream_verdicts;
