@@ -278,28 +278,32 @@ pub(crate) fn try_round(
                 );
                 last = LastFailure::RateLimited;
             }
-            Verdict::KeyRejected => {
-                pool.record(index, AttemptClass::Rejected);
-                let reason = BenchReason::Rejected(status);
-                pool.bench(index, None, Instant::now() + REJECTED_KEY_BENCH, reason);
+            found @ (Verdict::KeyRejected | Verdict::QuotaExhausted) => {
+                // Dead or spent: no cooldown clears it, so the whole key sits out for long.
+                let (class, reason, bench, advice) = if found == Verdict::KeyRejected {
+                    let reason = BenchReason::Rejected(status);
+                    (
+                        AttemptClass::Rejected,
+                        reason,
+                        REJECTED_KEY_BENCH,
+                        "check that the key is valid",
+                    )
+                } else {
+                    let reason = BenchReason::QuotaExhausted(status);
+                    (
+                        AttemptClass::QuotaExhausted,
+                        reason,
+                        QUOTA_BENCH,
+                        "top up its balance or remove it",
+                    )
+                };
+                pool.record(index, class);
+                pool.bench(index, None, Instant::now() + bench, reason);
                 warn!(
-                    "{} key={} benched for {}s: {reason}; check that the key is valid",
+                    "{} key={} benched for {}s: {reason}; {advice}",
                     provider.name,
                     key,
-                    REJECTED_KEY_BENCH.as_secs()
-                );
-                last =
-                    LastFailure::Answer(Box::new(save(provider, response, error_body)), key.mask());
-            }
-            Verdict::QuotaExhausted => {
-                pool.record(index, AttemptClass::QuotaExhausted);
-                let reason = BenchReason::QuotaExhausted(status);
-                pool.bench(index, None, Instant::now() + QUOTA_BENCH, reason);
-                warn!(
-                    "{} key={} benched for {}s: {reason}; top up its balance or remove it",
-                    provider.name,
-                    key,
-                    QUOTA_BENCH.as_secs()
+                    bench.as_secs()
                 );
                 last =
                     LastFailure::Answer(Box::new(save(provider, response, error_body)), key.mask());

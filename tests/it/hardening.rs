@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::http::{Conn, Req, body_reader, connect, get, parse_reply};
+use crate::support::http::{Conn, Req, body_reader, connect, get, parse_reply, read_until_closed};
 use crate::support::mock::{Mock, Reply};
 use crate::support::procfs::{self, Usage};
 use crate::support::proxy::{Proxy, proxy_to};
@@ -42,31 +42,6 @@ struct Exchange {
     received: Vec<u8>,
     /// Bytes the proxy accepted before a write failed or all was sent.
     written: usize,
-}
-
-/// Reads until EOF, an error (reset, timeout) or `deadline`; returns the bytes and whether the
-/// connection was seen to end (EOF or reset) rather than time out.
-fn read_until_closed(stream: &mut TcpStream, deadline: Instant) -> (Vec<u8>, bool) {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return (out, false);
-        }
-        stream
-            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-            .expect("read timeout");
-        match stream.read(&mut buf) {
-            Ok(0) => return (out, true),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return (out, false);
-            }
-            Err(_) => return (out, true),
-        }
-    }
 }
 
 fn status_of(received: &[u8]) -> Outcome {
