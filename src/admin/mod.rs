@@ -4,6 +4,7 @@
 pub mod metrics;
 mod prometheus;
 mod status;
+mod status_page;
 mod steer;
 
 use crate::error::ProxyError;
@@ -56,7 +57,7 @@ pub fn answer_for<'a>(
     proxy: &Proxy,
     method: &str,
     path: &str,
-    headers: impl Iterator<Item = (&'a str, &'a str)>,
+    headers: impl Iterator<Item = (&'a str, &'a str)> + Clone,
     query: &str,
     loopback: bool,
 ) -> Option<Result<Rendered, ProxyError>> {
@@ -69,8 +70,17 @@ pub fn answer_for<'a>(
         return Some(steer::steer(proxy, method, path, allowed));
     }
     let page = Page::at(path)?;
+    let wants_html = headers
+        .clone()
+        .any(|(name, value)| name.eq_ignore_ascii_case("accept") && value.contains("text/html"));
     if page.needs_token() && !proxy.access.allows(headers, query) {
         return Some(Err(ProxyError::Unauthorized));
+    }
+    if page == Page::Status && wants_html {
+        return Some(Ok(Rendered {
+            content_type: "text/html; charset=utf-8",
+            body: status_page::render(proxy),
+        }));
     }
     Some(Ok(render(proxy, page)))
 }

@@ -17,6 +17,7 @@ mod relay;
 mod rotation;
 mod routing;
 mod state;
+mod status_page;
 mod steering;
 mod streaming;
 mod upstream_verdicts;

@@ -78,10 +78,9 @@ fn cooldowns_benches_and_disabled_keys_survive_a_restart() {
     let after: Vec<String> = mock.keys()[before..].to_vec();
     assert_eq!(after, vec![GOOD; 4], "benched or disabled keys got traffic");
     assert!(
-        second
-            .log()
+        second.wait_log(Duration::from_secs(5), |lines| lines
             .iter()
-            .any(|l| l.contains("STATE_FILE") && l.contains("restored 3")),
+            .any(|l| l.contains("STATE_FILE") && l.contains("restored 3"))),
         "{}",
         second.log_text()
     );

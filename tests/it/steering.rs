@@ -64,15 +64,20 @@ fn a_disabled_key_gets_no_traffic_until_enabled_and_reset_clears_a_bench() {
     assert_eq!(state_of(port, 2), "cooling");
     assert_eq!(post(port, "/status/keys/openai/2/reset").status, 200);
     assert_eq!(state_of(port, 2), "ready");
-    let lines = proxy.log();
-    for action in ["disable", "enable", "reset"] {
-        assert!(
+    // The log is read from the process's stderr as it comes: wait for the lines.
+    let logged = proxy.wait_log(std::time::Duration::from_secs(5), |lines| {
+        ["disable", "enable", "reset"].iter().all(|action| {
             lines
                 .iter()
-                .any(|l| l.contains("steer: openai key=") && l.ends_with(action)),
-            "no log line for {action}"
-        );
-    }
+                .any(|l| l.contains("steer: openai key=") && l.ends_with(action))
+        })
+    });
+    assert!(
+        logged,
+        "a steering action was not logged:\n{}",
+        proxy.log_text()
+    );
+    let lines = proxy.log();
     assert!(lines.iter().all(|l| !l.contains(K1) && !l.contains(K2)));
 }
 

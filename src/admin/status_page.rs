@@ -1,0 +1,130 @@
+//! `/status` for a browser (`Accept: text/html`): one self-contained page, no external assets
+//! and no script, readable on a phone, reloading itself every 5 s. Per provider and key (masked):
+//! state with a countdown to when it frees, per-model cooldowns, headroom and counters; at the
+//! top: version, uptime, requests in flight, queue depth, workers busy. Everything shown is
+//! escaped (model names come from clients).
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use super::status::key_state;
+use crate::keys::AttemptClass;
+use crate::proxy::Proxy;
+
+/// Text made safe for HTML.
+fn esc(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// `1h 02m`, `4m 05s`, `12s`.
+fn countdown(left: Duration) -> String {
+    let secs = left.as_secs();
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m {:02}s", secs / 60, secs % 60),
+        _ => format!("{}h {:02}m", secs / 3600, secs / 60 % 60),
+    }
+}
+
+const STYLE: &str = "body{font:15px/1.4 system-ui,sans-serif;margin:1rem;color:#222;background:#fafafa}\
+h1{font-size:1.3rem;margin:0 0 .5rem}h2{font-size:1.1rem;margin:1.2rem 0 .4rem}\
+.top{display:flex;flex-wrap:wrap;gap:.4rem 1.2rem;margin-bottom:.5rem}\
+table{border-collapse:collapse;width:100%;background:#fff}td,th{padding:.35rem .5rem;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}\
+th{font-size:.8rem;color:#555}.wrap{overflow-x:auto}code{font-size:.9rem;white-space:nowrap}\
+.ready{color:#17663a}.cooling{color:#9a6400}.benched_invalid,.benched_quota,.disabled{color:#b3261e}small{color:#666}";
+
+/// The page.
+pub fn render(proxy: &Proxy) -> String {
+    let now = Instant::now();
+    let mut out = String::with_capacity(4096);
+    let _ = write!(
+        out,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+<meta http-equiv=\"refresh\" content=\"5\"><title>keyrelay status</title><style>{STYLE}</style></head><body>\
+<h1>keyrelay {}</h1><div class=\"top\"><span>up {}</span><span>in flight {}</span>\
+<span>queued {}</span><span>workers busy {} of {} started</span><span>connections {}</span></div>",
+        esc(env!("CARGO_PKG_VERSION")),
+        countdown(proxy.started.elapsed()),
+        proxy.load.in_flight(),
+        proxy.load.queued(),
+        proxy.metrics.workers_busy(),
+        proxy.load.workers(),
+        proxy.load.connections(),
+    );
+    for provider in proxy.providers().iter() {
+        let _ = write!(
+            out,
+            "<h2>{} <small>{}</small></h2><div class=\"wrap\"><table><tr><th>#</th><th>key</th>\
+<th>state</th><th>cooldowns</th><th>headroom</th><th>requests</th><th>ok</th><th>429</th><th>errors</th></tr>",
+            esc(&provider.name),
+            esc(&provider.base_url)
+        );
+        for (index, snap) in provider.pool.snapshot(now).into_iter().enumerate() {
+            let (state, until) = key_state(&snap);
+            let frees = until.map_or(String::new(), |u| {
+                format!(
+                    " <small>frees in {}</small>",
+                    countdown(u.saturating_duration_since(now))
+                )
+            });
+            let cooldowns: Vec<String> = snap
+                .benches
+                .iter()
+                .map(|b| {
+                    format!(
+                        "{}: {} <small>({})</small>",
+                        esc(b.model.as_deref().unwrap_or("all models")),
+                        countdown(b.until.saturating_duration_since(now)),
+                        esc(&b.reason.to_string())
+                    )
+                })
+                .collect();
+            let headroom = snap.headroom.map_or("-".to_string(), |h| {
+                let part = |what: &str, n: Option<u64>| n.map(|n| format!("{n} {what}"));
+                let left: Vec<String> = [
+                    part("requests", h.requests_remaining),
+                    part("tokens", h.tokens_remaining),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                let resets = h.resets_at.map_or(String::new(), |at| {
+                    format!(
+                        ", resets in {}",
+                        countdown(at.saturating_duration_since(now))
+                    )
+                });
+                format!("{} left{resets}", left.join(", "))
+            });
+            let s = &snap.stats;
+            let errors = s.other_errors;
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td><code>{}</code></td><td class=\"{state}\">{state}{frees}</td><td>{}</td>\
+<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{errors}{}</td></tr>",
+                index + 1,
+                esc(&snap.mask),
+                if cooldowns.is_empty() {
+                    "-".to_string()
+                } else {
+                    cooldowns.join("<br>")
+                },
+                esc(&headroom),
+                s.requests,
+                s.successes,
+                s.rate_limited,
+                match s.by_class[AttemptClass::QuotaExhausted as usize] {
+                    0 => String::new(),
+                    n => format!(" <small>({n} spent balance)</small>"),
+                }
+            );
+        }
+        out.push_str("</table></div>");
+    }
+    out.push_str("<p><small>Reloads every 5 s. JSON: the same URL without <code>Accept: text/html</code>.</small></p></body></html>");
+    out
+}
