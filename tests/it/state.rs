@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::http::{Req, get, send};
+use crate::support::http::{Req, get, key_state, send};
 use crate::support::mock::{Mock, Reply};
 use crate::support::proxy::{TempDir, proxy_to};
 use crate::support::wait_until;
@@ -12,16 +12,6 @@ const LIMITED: &str = "sk-state-limited-00001";
 const REVOKED: &str = "sk-state-revoked-00002";
 const SIDELINED: &str = "sk-state-disabled-0003";
 const GOOD: &str = "sk-state-good-0000004";
-
-/// `state` of the key at `position` in /status.
-fn state_of(port: u16, position: usize) -> String {
-    let status = get(port, "/status").text();
-    let at = status
-        .find(&format!("\"position\":{position},"))
-        .unwrap_or_else(|| panic!("no position {position}: {status}"));
-    let state = status[at..].split("\"state\":\"").nth(1).expect("state");
-    state.split('"').next().unwrap_or("").to_string()
-}
 
 #[test]
 fn cooldowns_benches_and_disabled_keys_survive_a_restart() {
@@ -44,7 +34,7 @@ fn cooldowns_benches_and_disabled_keys_survive_a_restart() {
     assert_eq!(disabled.status, 200, "{}", disabled.text());
     let expected = ["cooling", "benched_invalid", "disabled", "ready"];
     for (position, state) in expected.iter().enumerate() {
-        assert_eq!(&state_of(first.port, position + 1), state);
+        assert_eq!(&key_state(first.port, position + 1), state);
     }
     let written = wait_until(Duration::from_secs(5), || {
         std::fs::read_to_string(&state).is_ok_and(|t| t.lines().count() == 4)
@@ -67,7 +57,7 @@ fn cooldowns_benches_and_disabled_keys_survive_a_restart() {
         .start();
     for (position, state) in expected.iter().enumerate() {
         assert_eq!(
-            &state_of(second.port, position + 1),
+            &key_state(second.port, position + 1),
             state,
             "after the restart"
         );

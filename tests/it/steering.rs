@@ -1,7 +1,7 @@
 //! Steering the key pool at run time (issue 12, part 3): reset, disable and enable a key by its
 //! /status position, with the access rules, the log lines and the 404/405 answers.
 
-use crate::support::http::{Req, get, send};
+use crate::support::http::{Req, get, key_state, send};
 use crate::support::mock::{Mock, Reply};
 use crate::support::proxy::proxy_to;
 
@@ -14,17 +14,6 @@ fn mask(key: &str) -> String {
 
 fn post(port: u16, path: &str) -> crate::support::http::Reply {
     send(port, &Req::post(path, b""))
-}
-
-/// The `state` of the key at `position` in /status.
-fn state_of(port: u16, position: usize) -> String {
-    let status = get(port, "/status").text();
-    let at = status
-        .find(&format!("\"position\":{position},"))
-        .unwrap_or_else(|| panic!("no position {position}: {status}"));
-    let rest = &status[at..];
-    let state = rest.split("\"state\":\"").nth(1).expect("state field");
-    state.split('"').next().unwrap_or("").to_string()
 }
 
 #[test]
@@ -45,13 +34,13 @@ fn a_disabled_key_gets_no_traffic_until_enabled_and_reset_clears_a_bench() {
         "{}",
         done.text()
     );
-    assert_eq!(state_of(port, 1), "disabled");
+    assert_eq!(key_state(port, 1), "disabled");
     for _ in 0..6 {
         assert_eq!(get(port, "/openai/v1/models").status, 200);
     }
     assert!(mock.keys().iter().all(|k| k == K2), "{:?}", mock.keys());
     assert_eq!(post(port, "/status/keys/openai/1/enable").status, 200);
-    assert_eq!(state_of(port, 1), "ready");
+    assert_eq!(key_state(port, 1), "ready");
     for _ in 0..4 {
         get(port, "/openai/v1/models");
     }
@@ -61,9 +50,9 @@ fn a_disabled_key_gets_no_traffic_until_enabled_and_reset_clears_a_bench() {
     );
     // A 429 with a long Retry-After benches each key; reset puts one back at once.
     assert_eq!(get(port, "/openai/v1/limit").status, 429);
-    assert_eq!(state_of(port, 2), "cooling");
+    assert_eq!(key_state(port, 2), "cooling");
     assert_eq!(post(port, "/status/keys/openai/2/reset").status, 200);
-    assert_eq!(state_of(port, 2), "ready");
+    assert_eq!(key_state(port, 2), "ready");
     // The log is read from the process's stderr as it comes: wait for the lines.
     let logged = proxy.wait_log(std::time::Duration::from_secs(5), |lines| {
         ["disable", "enable", "reset"].iter().all(|action| {
@@ -102,7 +91,7 @@ fn other_methods_and_paths_under_status_keys_answer_json_errors() {
         assert_eq!(reply.status, 404, "{path}: {}", reply.text());
         assert!(reply.json_text().contains("not_found"), "{path}");
     }
-    assert_eq!(state_of(port, 1), "ready");
+    assert_eq!(key_state(port, 1), "ready");
 }
 
 #[test]

@@ -426,3 +426,17 @@ pub fn served_within(port: u16, path: &str, timeout: Duration) -> Option<Duratio
     });
     served.then(|| started.elapsed())
 }
+
+/// The `state` /status shows for the key at `position` (from 1) of the first provider that
+/// lists it.
+pub fn key_state(port: u16, position: usize) -> String {
+    let status = get(port, "/status").text();
+    let at = status
+        .find(&format!("\"position\":{position},"))
+        .unwrap_or_else(|| panic!("no position {position}: {status}"));
+    let state = status[at..]
+        .split("\"state\":\"")
+        .nth(1)
+        .expect("state field");
+    state.split('"').next().unwrap_or("").to_string()
+}
