@@ -98,7 +98,7 @@ PORT=$(wait_listening "$WORK/proxy.log") || {
 BASE=http://127.0.0.1:$PORT
 
 # settle: prints "threads fds" once both read the same 3 times in a row, 200 ms apart (workers
-# are still starting just after the listen line; guards of closed connections linger a moment),
+# start as requests need them; closed connections are let go within a listener tick),
 # or after 10 s.
 settle() {
   local last="" now same=0 _

@@ -7,7 +7,7 @@ use ureq::Agent;
 
 /// Per-connection read buffer, also the largest upstream response head accepted.
 const INPUT_BUFFER: usize = 16 * 1024;
-/// Per-connection write buffer: holds a whole request head, which the guard bounds to
+/// Per-connection write buffer: holds a whole request head, which the listener bounds to
 /// [`MAX_HEAD_BYTES`](crate::listen::MAX_HEAD_BYTES), plus room for the injected key.
 const OUTPUT_BUFFER: usize = crate::listen::MAX_HEAD_BYTES + 4 * 1024;
 

@@ -42,7 +42,7 @@ impl UpstreamRequest {
         request_id: &str,
     ) -> Option<UpstreamRequest> {
         let method = Method::from_bytes(incoming.method.as_bytes()).ok()?;
-        // The guard already removed the client's Connection header and the headers it named.
+        // Incoming::from_head already left out the headers the client's Connection header named.
         let mut headers = HeaderMap::with_capacity(incoming.headers.len() + 2);
         for (name, value) in &incoming.headers {
             if !forward_request_header(name, &[]) || provider.is_credential_header(name) {
