@@ -55,13 +55,15 @@ fn take_next_request(conn: &mut Conn) -> bool {
     if !wait_readable(&conn.tcp, NEXT_REQUEST_WAIT_MS) {
         return true;
     }
-    let mut piece = [0u8; 16 * 1024];
-    match recv_now(&conn.tcp, &mut piece) {
+    // Read into the connection's own (heap) buffer: a zeroed array here would touch four
+    // more stack pages in every worker, for ever.
+    let start = conn.buf.len();
+    conn.buf.resize(start + 16 * 1024, 0);
+    let read = recv_now(&conn.tcp, &mut conn.buf[start..]);
+    conn.buf.truncate(start + *read.as_ref().unwrap_or(&0));
+    match read {
         Ok(0) => false,
-        Ok(n) => {
-            conn.buf.extend_from_slice(&piece[..n]);
-            true
-        }
+        Ok(_) => true,
         Err(err) => err.kind() == std::io::ErrorKind::WouldBlock,
     }
 }
