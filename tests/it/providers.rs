@@ -10,7 +10,7 @@ use keyrelay::utc::{format_rfc3339, next_pacific_midnight};
 use crate::support::http::{Conn, Req, body_reader, get, send};
 use crate::support::mask;
 use crate::support::mock::{Mock, Reply};
-use crate::support::proxy::{TempDir, proxy, proxy_to};
+use crate::support::proxy::{TempDir, proxy, proxy_to, write_env};
 
 const K1: &str = "sk-provider-key-one-0001";
 const K2: &str = "sk-provider-key-two-0002";
@@ -173,12 +173,6 @@ fn gemini_per_day_quota_benches_the_model_until_pacific_midnight() {
         &Req::post("/gemini/v1beta/models/gemini-flash:generateContent", b"{}"),
     );
     assert_eq!(other.status, 200, "other models keep the key");
-}
-
-fn write_env(dir: &TempDir, text: &str) -> String {
-    let path = dir.0.join("keyrelay.env");
-    std::fs::write(&path, text).expect("write env file");
-    path.display().to_string()
 }
 
 #[test]

@@ -15,7 +15,7 @@ use keyrelay::utc::parse_rfc3339;
 use crate::support::http::{Conn, Head, Req, body_reader, get, read_until_closed, send};
 use crate::support::mask;
 use crate::support::mock::{Mock, Reply};
-use crate::support::proxy::{TempDir, proxy, proxy_to};
+use crate::support::proxy::{TempDir, proxy, proxy_to, write_env};
 
 const GEMINI_FLASH: &str = "/gemini/v1beta/models/gemini-2.0-flash:generateContent";
 const CHAT: &str = "/openai/v1/chat/completions";
@@ -310,12 +310,6 @@ fn a_pool_key_quoted_by_the_upstream_never_reaches_the_client() {
     assert!(rejected.text().contains(&masked), "{}", rejected.text());
     assert_content_length_matches(&rejected, "401");
     assert_eq!(mock.count(), 3, "each request reached the upstream once");
-}
-
-fn write_env(dir: &TempDir, text: &str) -> String {
-    let path = dir.0.join("keyrelay.env");
-    std::fs::write(&path, text).expect("write env file");
-    path.display().to_string()
 }
 
 #[test]

@@ -40,6 +40,13 @@ impl Drop for TempDir {
     }
 }
 
+/// Writes an environment file `keyrelay.env` into `dir`; its path, for ENV_FILE.
+pub fn write_env(dir: &TempDir, text: &str) -> String {
+    let path = dir.0.join("keyrelay.env");
+    std::fs::write(&path, text).expect("write env file");
+    path.display().to_string()
+}
+
 /// What to start the binary with.
 #[derive(Clone, Default)]
 pub struct ProxyBuilder {
