@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use super::conn::AfterWrite;
 use super::head::Head;
-use super::queue::Job;
 use crate::admin;
 use crate::error::ProxyError;
 use crate::provider::ErrorShape;
@@ -31,7 +30,13 @@ pub fn is_own_page(head: &Head) -> bool {
 }
 
 /// Renders one of keyrelay's own answers (see [`admin::answer_for`]) and logs it.
-pub fn page(proxy: &Proxy, buf: &[u8], head: &Head, loopback: bool, stopping: bool) -> Own {
+pub fn page(
+    proxy: &Proxy,
+    buf: &[u8],
+    head: &Head,
+    (loopback, stopping): (bool, bool),
+    scratch: &mut RelayBuffer,
+) -> Own {
     let started = Instant::now();
     let own = admin::answer_for(
         proxy,
@@ -57,7 +62,7 @@ pub fn page(proxy: &Proxy, buf: &[u8], head: &Head, loopback: bool, stopping: bo
         wants_close: head.close || stopping,
     };
     let mut bytes = Vec::with_capacity(1024);
-    let report = deliver(&mut bytes, &client, answer, &mut RelayBuffer::default());
+    let report = deliver(&mut bytes, &client, answer, scratch);
     proxy
         .metrics
         .record("keyrelay", "", report.status, started.elapsed());
@@ -83,12 +88,13 @@ pub fn page(proxy: &Proxy, buf: &[u8], head: &Head, loopback: bool, stopping: bo
 
 /// Renders a refusal that closes the connection, logged with the request line when there is
 /// one (`request` is the connection's buffer and the parsed head) and the time it `waited` for
-/// a worker.
+/// a worker. `scratch` is the caller's relay buffer, reused.
 pub fn refusal(
     proxy: &Proxy,
     error: &ProxyError,
     request: Option<(&[u8], &Head)>,
     waited: Duration,
+    scratch: &mut RelayBuffer,
 ) -> Own {
     let shape = request.map_or(ErrorShape::OpenAi, |(_, head)| {
         shape_for(&proxy.providers(), head.path())
@@ -109,7 +115,7 @@ pub fn refusal(
         attempts: 0,
     };
     let mut bytes = Vec::with_capacity(512);
-    let report = deliver(&mut bytes, &client, answer, &mut RelayBuffer::default());
+    let report = deliver(&mut bytes, &client, answer, scratch);
     RequestLog {
         id: &client.id,
         method: &client.method,
@@ -128,13 +134,11 @@ pub fn refusal(
     }
 }
 
-/// Logs a queued request dropped because its client left before a worker took it.
-pub fn log_gone_while_queued(proxy: &Proxy, job: &Job, waited: Duration) {
-    let head = &job.head;
+/// Logs a queued request (`head`, parsed from `buf`) dropped because its client left before a
+/// worker took it, or as one took it.
+pub fn log_gone_while_queued(proxy: &Proxy, buf: &[u8], head: &Head, waited: Duration) {
     RequestLog {
-        id: &proxy
-            .ids
-            .for_request(head.header(&job.conn.buf, "x-request-id")),
+        id: &proxy.ids.for_request(head.header(buf, "x-request-id")),
         method: &head.method,
         path: head.path(),
         status: 499,

@@ -23,6 +23,7 @@ use super::queue::{Job, WorkQueue};
 use super::socket::{peers_gone, recv_now, send_now};
 use crate::error::ProxyError;
 use crate::proxy::Proxy;
+use crate::respond::stream::RelayBuffer;
 
 /// How often the listener checks clocks: idle connections, stalled heads, the queue.
 const TICK: Duration = Duration::from_millis(250);
@@ -167,6 +168,8 @@ struct Listener {
     front: Arc<Front>,
     tcp: Option<TcpListener>,
     scratch: Box<[u8]>,
+    /// Reused for every answer the listener renders itself.
+    relay: RelayBuffer,
     next_token: u64,
     accept_paused_until: Option<Instant>,
     accept_warning: Throttle,
@@ -187,6 +190,7 @@ pub fn run(front: Arc<Front>, tcp: TcpListener) {
         front,
         tcp: Some(tcp),
         scratch: vec![0; READ_SIZE].into_boxed_slice(),
+        relay: RelayBuffer::default(),
         next_token: LISTEN_TOKEN + 1,
         accept_paused_until: None,
         accept_warning: Throttle::default(),
@@ -358,12 +362,18 @@ impl Listener {
                             &error,
                             Some((&conn.buf, &head)),
                             Duration::ZERO,
+                            &mut self.relay,
                         )
                     } else if answer::is_own_page(&head) {
                         let stopping = self.front.is_stopping();
                         let loopback = conn.tcp.peer_addr().is_ok_and(|a| a.ip().is_loopback());
-                        let own =
-                            answer::page(&self.front.proxy, &conn.buf, &head, loopback, stopping);
+                        let own = answer::page(
+                            &self.front.proxy,
+                            &conn.buf,
+                            &head,
+                            (loopback, stopping),
+                            &mut self.relay,
+                        );
                         conn.consume(head.len);
                         own
                     } else {
@@ -390,6 +400,7 @@ impl Listener {
                     &ProxyError::Http(error),
                     None,
                     Duration::ZERO,
+                    &mut self.relay,
                 ),
             };
             conn.phase = Phase::Writing {
@@ -511,6 +522,7 @@ impl Listener {
                     &ProxyError::ClientTimeout,
                     None,
                     Duration::ZERO,
+                    &mut self.relay,
                 );
                 self.send(conn, own);
             }
@@ -520,12 +532,12 @@ impl Listener {
             let sockets: Vec<&TcpStream> = jobs.iter().map(|job| &job.conn.tcp).collect();
             peers_gone(&sockets)
         });
-        for job in taken {
+        for (job, gone) in taken {
             self.front.proxy.load.request_done();
             let waited = job.queued_at.elapsed();
             self.front.proxy.metrics.record_queue_wait(waited);
-            if super::socket::peer_gone(&job.conn.tcp) {
-                answer::log_gone_while_queued(&self.front.proxy, &job, waited);
+            if gone {
+                answer::log_gone_while_queued(&self.front.proxy, &job.conn.buf, &job.head, waited);
                 continue;
             }
             let error = ProxyError::Overloaded {
@@ -537,6 +549,7 @@ impl Listener {
                 &error,
                 Some((&job.conn.buf, &job.head)),
                 waited,
+                &mut self.relay,
             );
             self.send(job.conn, own);
         }

@@ -15,7 +15,7 @@ pub use head::{HeadError, MAX_HEAD_BYTES, MAX_HEADERS};
 pub use listener::{Front, FrontSettings, run};
 pub use socket::{raise_fd_limit, widen_backlog};
 
-pub(crate) use answer::refusal;
+pub(crate) use answer::{log_gone_while_queued, refusal};
 pub(crate) use chunked::ChunkedDecoder;
 pub(crate) use conn::{Conn, Phase};
 pub(crate) use head::{Head, parse_head};

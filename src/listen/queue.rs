@@ -110,8 +110,13 @@ impl WorkQueue {
         }
     }
 
-    /// Removes and returns the jobs queued before `cutoff` and those `gone` picks out.
-    pub fn take_back(&self, cutoff: Instant, gone: impl Fn(&[&Job]) -> Vec<bool>) -> Vec<Job> {
+    /// Removes and returns the jobs queued before `cutoff` and those `gone` picks out, each with
+    /// whether `gone` picked it (its client left).
+    pub fn take_back(
+        &self,
+        cutoff: Instant,
+        gone: impl Fn(&[&Job]) -> Vec<bool>,
+    ) -> Vec<(Job, bool)> {
         let mut state = self.lock();
         if state.jobs.is_empty() {
             return Vec::new();
@@ -122,7 +127,7 @@ impl WorkQueue {
         let mut taken = Vec::new();
         for (job, left) in state.jobs.drain(..).zip(left) {
             if left || job.queued_at < cutoff {
-                taken.push(job);
+                taken.push((job, left));
             } else {
                 keep.push_back(job);
             }

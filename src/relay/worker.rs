@@ -9,9 +9,9 @@ use log::error;
 
 use super::forward::{self, After, Progress};
 use crate::listen::{
-    Conn, Front, Interest, Job, Phase, parse_head, peer_gone, recv_now, wait_readable,
+    Conn, Front, Interest, Job, Phase, log_gone_while_queued, parse_head, peer_gone, recv_now,
+    refusal, wait_readable,
 };
-use crate::request_log::RequestLog;
 use crate::respond::stream::RelayBuffer;
 
 /// A request that waited at least this long is checked for a client that left meanwhile.
@@ -83,20 +83,7 @@ fn serve(front: &Front, job: Job, buffer: &mut RelayBuffer) -> Option<Conn> {
     loop {
         if queued >= GONE_CHECK_AFTER && peer_gone(&conn.tcp) {
             proxy.load.request_done();
-            RequestLog {
-                id: &proxy
-                    .ids
-                    .for_request(head.header(&conn.buf, "x-request-id")),
-                method: &head.method,
-                path: head.path(),
-                status: 499,
-                attempts: 0,
-                key: None,
-                elapsed: queued,
-                queued,
-                note: " aborted=client-gone",
-            }
-            .write();
+            log_gone_while_queued(proxy, &conn.buf, &head, queued);
             return None;
         }
         let mut progress = Progress::default();
@@ -147,7 +134,7 @@ fn serve(front: &Front, job: Job, buffer: &mut RelayBuffer) -> Option<Conn> {
                 proxy.load.request_started();
             }
             Err(error) => {
-                let own = crate::listen::refusal(proxy, &error.into(), None, Duration::ZERO);
+                let own = refusal(proxy, &error.into(), None, Duration::ZERO, buffer);
                 let _ = std::io::Write::write_all(&mut &conn.tcp, &own.bytes);
                 front.linger(conn);
                 return None;
