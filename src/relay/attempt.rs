@@ -380,7 +380,6 @@ fn relay_answer(
     attempts: u32,
     key: String,
 ) -> Answer {
-    redact_location(&provider.pool, response.headers_mut());
     let status = response.status().as_u16();
     let stream = response
         .headers()
@@ -406,12 +405,15 @@ fn relay_answer(
                 key,
             }
         }
-        Err(prefix) => Answer::Live {
-            response,
-            prefix,
-            attempts,
-            key,
-        },
+        Err(prefix) => {
+            redact_location(&provider.pool, response.headers_mut());
+            Answer::Live {
+                response,
+                prefix,
+                attempts,
+                key,
+            }
+        }
     }
 }
 

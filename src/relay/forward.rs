@@ -49,20 +49,18 @@ pub(crate) fn handle(
     progress: &mut Progress,
 ) -> After {
     let mut incoming = Incoming::from_head(&conn.buf, head);
-    let mut refused = false;
-    match read_body(
+    incoming.body = match read_body(
         conn,
         head,
         proxy.limits.max_body_bytes,
         proxy.limits.client_timeout,
     ) {
-        Ok(body) => incoming.body = Ok(body),
+        Ok(body) => Ok(body),
         Err(BodyError::Gone) => return After::Close,
-        Err(BodyError::Refuse(error)) => {
-            incoming.body = Err(error);
-            refused = true;
-        }
-    }
+        Err(BodyError::Refuse(error)) => Err(error),
+    };
+    // Refused with its body unread: the connection cannot carry another request.
+    let refused = incoming.body.is_err();
     let path = head.path();
     #[cfg(debug_assertions)]
     test_hooks::maybe_panic(path);
@@ -82,7 +80,9 @@ pub(crate) fn handle(
             attempts: 0,
         },
         Ok(_) => {
-            let loopback = conn.tcp.peer_addr().is_ok_and(|a| a.ip().is_loopback());
+            // Only keyrelay's own pages ask where the client is (a system call).
+            let loopback =
+                admin::is_own(path) && conn.tcp.peer_addr().is_ok_and(|a| a.ip().is_loopback());
             let query = head.query();
             decide(
                 proxy, &providers, &incoming, path, query, &client.id, loopback,
