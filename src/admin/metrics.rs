@@ -1,6 +1,7 @@
 //! Counters for /metrics: requests by provider, route and status class, and request durations.
 //! Per-key attempt counters live in the key pools; gauges are read at scrape time.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -58,8 +59,15 @@ impl Histogram {
 /// Request counters keyed by (provider, route, status class such as `2xx`).
 pub type RequestCounts = HashMap<(String, String, String), u64>;
 
+/// Counts per status class (index = status / 100) of one route.
+type ClassCounts = [u64; 10];
+
 struct State {
-    requests: RequestCounts,
+    /// By provider, then route: looked up by `&str`, so a request that lands on a known route
+    /// allocates nothing.
+    requests: HashMap<String, HashMap<String, ClassCounts>>,
+    /// Distinct (provider, route) pairs in `requests`.
+    routes: usize,
     durations: HashMap<String, Histogram>,
     queue_wait: Histogram,
 }
@@ -74,7 +82,8 @@ impl Default for Metrics {
     fn default() -> Metrics {
         Metrics {
             state: Mutex::new(State {
-                requests: RequestCounts::default(),
+                requests: HashMap::new(),
+                routes: 0,
                 durations: HashMap::new(),
                 queue_wait: Histogram::new(&QUEUE_WAIT_BUCKETS),
             }),
@@ -86,16 +95,26 @@ impl Default for Metrics {
 impl Metrics {
     /// Records one finished request.
     pub fn record(&self, provider: &str, route: &str, status: u16, elapsed: Duration) {
-        let mut key = (
-            provider.to_string(),
-            route.to_string(),
-            format!("{}xx", status / 100),
-        );
+        let class = usize::from(status / 100).min(9);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.requests.len() >= MAX_ROUTES && !state.requests.contains_key(&key) {
-            key.1 = "other".to_string();
+        let State {
+            requests, routes, ..
+        } = &mut *state;
+        if !requests.contains_key(provider) {
+            requests.insert(provider.to_string(), HashMap::new());
         }
-        *state.requests.entry(key).or_default() += 1;
+        let by_route = requests.get_mut(provider).expect("inserted above");
+        match by_route.get_mut(route) {
+            Some(counts) => counts[class] += 1,
+            None => {
+                let label = if *routes < MAX_ROUTES { route } else { "other" };
+                let counts = by_route.entry(label.to_string()).or_insert_with(|| {
+                    *routes += 1;
+                    ClassCounts::default()
+                });
+                counts[class] += 1;
+            }
+        }
         match state.durations.get_mut(provider) {
             Some(histogram) => histogram.observe(elapsed.as_secs_f64()),
             None => {
@@ -126,11 +145,22 @@ impl Metrics {
     /// A copy of the counters: requests, durations by provider, queue wait.
     pub fn snapshot(&self) -> (RequestCounts, HashMap<String, Histogram>, Histogram) {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        (
-            state.requests.clone(),
-            state.durations.clone(),
-            state.queue_wait.clone(),
-        )
+        let requests = state
+            .requests
+            .iter()
+            .flat_map(|(provider, by_route)| {
+                by_route.iter().flat_map(move |(route, counts)| {
+                    counts
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, n)| **n > 0)
+                        .map(move |(class, n)| {
+                            ((provider.clone(), route.clone(), format!("{class}xx")), *n)
+                        })
+                })
+            })
+            .collect();
+        (requests, state.durations.clone(), state.queue_wait.clone())
     }
 }
 
@@ -145,10 +175,18 @@ impl Drop for BusyWorker<'_> {
 
 /// The route label for a path below a provider prefix: up to three segments, without the
 /// query (`v1/chat/completions`, `v1beta/models/gemini-2.0-flash:generateContent`).
-pub fn route_label(rest: &str) -> String {
-    let path = rest.split('?').next().unwrap_or("");
+pub fn route_label(rest: &str) -> Cow<'_, str> {
+    let path = rest.split('?').next().unwrap_or("").trim_start_matches('/');
+    if !path.contains("//") {
+        // No empty segment: the label is the path up to its third slash.
+        let end = path
+            .match_indices('/')
+            .nth(2)
+            .map_or(path.len(), |(i, _)| i);
+        return Cow::Borrowed(path[..end].trim_end_matches('/'));
+    }
     let label: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).take(3).collect();
-    label.join("/")
+    Cow::Owned(label.join("/"))
 }
 
 #[cfg(test)]
@@ -208,6 +246,8 @@ mod tests {
             "v1beta/models/g:generateContent"
         );
         assert_eq!(route_label(""), "");
+        assert_eq!(route_label("/v1/models/"), "v1/models");
+        assert_eq!(route_label("v1//models///x/y"), "v1/models/x");
     }
 
     #[test]

@@ -5,23 +5,29 @@ use std::fmt;
 /// A secret API key. `Display` and `Debug` print only its mask; the secret is reachable only
 /// through [`ApiKey::secret`], which the request builder calls to inject it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ApiKey(String);
+pub struct ApiKey {
+    secret: String,
+    /// The mask, made once: every answer's log line names its key.
+    masked: String,
+}
 
 impl ApiKey {
     /// Wraps a key.
     pub fn new(secret: impl Into<String>) -> Self {
-        ApiKey(secret.into())
+        let secret = secret.into();
+        let masked = mask_secret(&secret);
+        ApiKey { secret, masked }
     }
 
     /// The key itself, for the upstream request only.
     pub fn secret(&self) -> &str {
-        &self.0
+        &self.secret
     }
 
     /// A form that is safe to log: first 4 and last 4 characters for keys of 12 or more
     /// characters, `***` for shorter ones (too little would be left hidden).
     pub fn mask(&self) -> String {
-        mask_secret(&self.0)
+        self.masked.clone()
     }
 }
 
@@ -38,12 +44,12 @@ pub fn mask_secret(secret: &str) -> String {
 
 impl fmt::Display for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.mask())
+        f.write_str(&self.masked)
     }
 }
 
 impl fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ApiKey({})", self.mask())
+        write!(f, "ApiKey({})", self.masked)
     }
 }

@@ -42,7 +42,7 @@ const ACCEPT_BATCH: usize = 256;
 const LISTEN_TOKEN: u64 = 0;
 
 /// Bytes taken per read: a head in a few turns at most, little of a queued body held.
-const READ_SIZE: usize = 16 * 1024;
+pub(crate) const READ_SIZE: usize = 16 * 1024;
 
 /// Settings of the front end.
 #[derive(Debug, Clone, Copy)]

@@ -26,25 +26,48 @@ use crate::respond::answer::{Answer, SavedAnswer};
 const MAX_ERROR_BODY: u64 = 1024 * 1024;
 
 /// The parts of the upstream request that are the same for every attempt.
-pub(crate) struct UpstreamRequest {
+pub(crate) struct UpstreamRequest<'a> {
     pub(crate) method: Method,
     pub(crate) url: String,
-    pub(crate) headers: HeaderMap,
     pub(crate) has_body: bool,
+    incoming: &'a Incoming<'a>,
+    request_id: &'a str,
 }
 
-impl UpstreamRequest {
+impl<'a> UpstreamRequest<'a> {
     pub(crate) fn new(
-        incoming: &Incoming,
+        incoming: &'a Incoming<'a>,
         provider: &Provider,
         rest: &str,
         query: &str,
-        request_id: &str,
-    ) -> Option<UpstreamRequest> {
-        let method = Method::from_bytes(incoming.method.as_bytes()).ok()?;
-        // Incoming::from_head already left out the headers the client's Connection header named.
-        let mut headers = HeaderMap::with_capacity(incoming.headers.len() + 2);
-        for (name, value) in &incoming.headers {
+        request_id: &'a str,
+    ) -> Option<UpstreamRequest<'a>> {
+        let method = Method::from_bytes(incoming.method().as_bytes()).ok()?;
+        let has_body = incoming.body.as_ref().is_ok_and(|b| !b.is_empty())
+            || !matches!(
+                method,
+                Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+            );
+        Some(UpstreamRequest {
+            method,
+            url: provider.upstream_url(rest, query),
+            has_body,
+            incoming,
+            request_id,
+        })
+    }
+
+    /// The URI for one attempt.
+    pub(crate) fn uri(&self, provider: &Provider, key: &str) -> Option<Uri> {
+        uri_with_key(&self.url, provider, key)
+    }
+
+    /// The headers for one attempt: the client's end-to-end ones but its credentials, keyrelay's
+    /// request id, and the pool key. Built per attempt (most requests make one): a map built
+    /// once and cloned would cost more allocations than it saves.
+    pub(crate) fn headers_with_key(&self, provider: &Provider, key: &str) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(self.incoming.headers().count() + 2);
+        for (name, value) in self.incoming.headers() {
             if !forward_request_header(name, &[]) || provider.is_credential_header(name) {
                 continue;
             }
@@ -56,54 +79,45 @@ impl UpstreamRequest {
             };
             headers.append(name, value);
         }
-        if let Ok(id) = HeaderValue::from_str(request_id) {
+        if let Ok(id) = HeaderValue::from_str(self.request_id) {
             headers.insert("x-request-id", id);
         }
-        let has_body = incoming.body.as_ref().is_ok_and(|b| !b.is_empty())
-            || !matches!(
-                method,
-                Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
-            );
-        Some(UpstreamRequest {
-            method,
-            url: provider.upstream_url(rest, query),
-            headers,
-            has_body,
-        })
+        with_key(headers, provider, key)
     }
+}
 
-    /// The URI for one attempt; query-style providers carry the key in it.
-    pub(crate) fn uri(&self, provider: &Provider, key: &str) -> Option<Uri> {
-        match &provider.auth {
-            AuthStyle::Query(param) => {
-                let separator = if self.url.contains('?') { '&' } else { '?' };
-                format!("{}{separator}{param}={}", self.url, percent_encode(key))
-                    .parse()
-                    .ok()
-            }
-            _ => self.url.parse().ok(),
+/// `url` as the URI for one attempt; query-style providers carry the key in it.
+pub(crate) fn uri_with_key(url: &str, provider: &Provider, key: &str) -> Option<Uri> {
+    match &provider.auth {
+        AuthStyle::Query(param) => {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{separator}{param}={}", percent_encode(key))
+                .parse()
+                .ok()
         }
+        _ => url.parse().ok(),
     }
+}
 
-    /// The headers for one attempt, with the pool key injected.
-    pub(crate) fn headers_with_key(&self, provider: &Provider, key: &str) -> HeaderMap {
-        let mut headers = self.headers.clone();
-        let injected = match &provider.auth {
-            AuthStyle::Bearer => Some(("authorization".to_string(), format!("Bearer {key}"))),
-            AuthStyle::Header(name) => Some((name.clone(), key.to_string())),
-            AuthStyle::Query(_) => None,
-        };
-        if let Some((name, value)) = injected
-            && let (Ok(name), Ok(mut value)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(&value),
-            )
-        {
-            value.set_sensitive(true);
-            headers.insert(name, value);
-        }
-        headers
+/// `headers` with the pool key added the way the provider takes it (none for query-style).
+pub(crate) fn with_key(mut headers: HeaderMap, provider: &Provider, key: &str) -> HeaderMap {
+    let injected = match &provider.auth {
+        AuthStyle::Bearer => Some((
+            HeaderName::from_static("authorization"),
+            format!("Bearer {key}"),
+        )),
+        AuthStyle::Header(name) => HeaderName::from_bytes(name.as_bytes())
+            .ok()
+            .map(|name| (name, key.to_string())),
+        AuthStyle::Query(_) => None,
+    };
+    if let Some((name, value)) = injected
+        && let Ok(mut value) = HeaderValue::from_str(&value)
+    {
+        value.set_sensitive(true);
+        headers.insert(name, value);
     }
+    headers
 }
 
 /// How the last failed attempt ended, to choose the answer when no key succeeds.

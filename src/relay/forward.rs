@@ -66,7 +66,7 @@ pub(crate) fn handle(
     test_hooks::maybe_panic(path);
     let client = ClientInfo {
         id: proxy.ids.for_request(incoming.header("x-request-id")),
-        method: incoming.method.clone(),
+        method: incoming.method().to_string(),
         http10: head.http10,
         // Read now, after the body: a shutdown that began meanwhile closes after this answer.
         wants_close: head.close || stopping.load(Ordering::Relaxed) || refused,
@@ -170,13 +170,8 @@ fn decide(
         shape,
         attempts: 0,
     };
-    let headers = || {
-        incoming
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-    };
-    let method = incoming.method.as_str();
+    let headers = || incoming.headers();
+    let method = incoming.method();
     match admin::answer_for(proxy, method, path, headers(), query, loopback) {
         Some(Ok(page)) => return Answer::Page(page),
         Some(Err(error)) => return local(error, ErrorShape::OpenAi),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ureq::http::{HeaderMap, HeaderValue, Method};
 
-use super::attempt::{UpstreamRequest, read_error_body};
+use super::attempt::{read_error_body, uri_with_key, with_key};
 use super::outcome::{Verdict, needs_body, rate_limit_cooldown, verdict};
 use super::upstream::{self, CallFailure};
 use crate::config::{Config, ProviderConfig};
@@ -79,17 +79,11 @@ fn probe(
         .trim_start_matches('/')
         .split_once('?')
         .unwrap_or((path.trim_start_matches('/'), ""));
-    let request = UpstreamRequest {
-        method: Method::GET,
-        url: provider.upstream_url(rest, query),
-        headers,
-        has_body: false,
-    };
     let key = provider.pool.key(index).secret();
-    let Some(uri) = request.uri(provider, key) else {
+    let Some(uri) = uri_with_key(&provider.upstream_url(rest, query), provider, key) else {
         return KeyVerdict::Unexpected(0);
     };
-    let headers = request.headers_with_key(provider, key);
+    let headers = with_key(headers, provider, key);
     let mut response = match upstream::call(agent, &Method::GET, uri, headers, None) {
         Ok(response) => response,
         Err(CallFailure::Unreachable(_) | CallFailure::TimedOut | CallFailure::Failed(_)) => {

@@ -9,8 +9,8 @@ use log::error;
 
 use super::forward::{self, After, Progress};
 use crate::listen::{
-    Conn, Front, Interest, Job, Phase, log_gone_while_queued, parse_head, peer_gone, recv_now,
-    refusal, wait_readable,
+    Conn, Front, Interest, Job, Phase, READ_SIZE, log_gone_while_queued, parse_head, peer_gone,
+    recv_now, refusal, wait_readable,
 };
 use crate::respond::stream::RelayBuffer;
 
@@ -51,16 +51,18 @@ const NEXT_REQUEST_WAIT_MS: i32 = 1;
 
 /// Waits [`NEXT_REQUEST_WAIT_MS`] for the client's next bytes and appends what came. False
 /// when the client closed meanwhile.
-fn take_next_request(conn: &mut Conn) -> bool {
+fn take_next_request(conn: &mut Conn, buffer: &mut RelayBuffer) -> bool {
     if !wait_readable(&conn.tcp, NEXT_REQUEST_WAIT_MS) {
         return true;
     }
-    // Read into the connection's own (heap) buffer: a zeroed array here would touch four
-    // more stack pages in every worker, for ever.
-    let start = conn.buf.len();
-    conn.buf.resize(start + 16 * 1024, 0);
-    let read = recv_now(&conn.tcp, &mut conn.buf[start..]);
-    conn.buf.truncate(start + *read.as_ref().unwrap_or(&0));
+    // Read into the worker's relay buffer, then keep only what came: a zeroed array here would
+    // touch stack pages in every worker for ever, and growing the connection's buffer to the
+    // read size would zero 16 KiB per request.
+    let scratch = &mut buffer.scratch()[..READ_SIZE];
+    let read = recv_now(&conn.tcp, scratch);
+    if let Ok(n) = read {
+        conn.buf.extend_from_slice(&scratch[..n]);
+    }
     match read {
         Ok(0) => false,
         Ok(_) => true,
@@ -121,7 +123,7 @@ fn serve(front: &Front, job: Job, buffer: &mut RelayBuffer) -> Option<Conn> {
             // A busy keep-alive client sends its next request within microseconds of reading
             // the answer: waiting a moment for it here saves two thread hand-offs. Only while no
             // request waits for a worker, and briefly, so idle connections never hold one.
-            if !take_next_request(&mut conn) {
+            if !take_next_request(&mut conn, buffer) {
                 return None;
             }
         }

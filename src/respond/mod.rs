@@ -165,13 +165,18 @@ pub(crate) fn response_head(
     headers: &HeaderMap,
     framing: Framing,
 ) -> Vec<u8> {
-    let mut head = Vec::with_capacity(512);
+    // Sized once for everything below (keyrelay's own lines fit in 160 bytes).
+    let upstream_lines: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let mut head = Vec::with_capacity(upstream_lines + client.id.len() + 160);
     let version = if client.http10 {
         "HTTP/1.0"
     } else {
         "HTTP/1.1"
     };
-    head.extend_from_slice(format!("{version} {status} {}\r\n", reason_phrase(status)).as_bytes());
+    let _ = write!(head, "{version} {status} {}\r\n", reason_phrase(status));
     let tokens = connection_tokens(headers.get("connection").and_then(|v| v.to_str().ok()));
     for (name, value) in headers {
         let name = name.as_str();
@@ -189,7 +194,9 @@ pub(crate) fn response_head(
     }
     push_header(&mut head, "x-request-id", client.id.as_bytes());
     match framing {
-        Framing::Length(n) => push_header(&mut head, "content-length", n.to_string().as_bytes()),
+        Framing::Length(n) => {
+            let _ = write!(head, "content-length: {n}\r\n");
+        }
         Framing::Chunked => push_header(&mut head, "transfer-encoding", b"chunked"),
         Framing::UntilClose | Framing::None => {}
     }

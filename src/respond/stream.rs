@@ -53,6 +53,11 @@ pub struct RelayBuffer {
 }
 
 impl RelayBuffer {
+    /// The buffer as scratch space for a read between answers.
+    pub fn scratch(&mut self) -> &mut [u8] {
+        self.bytes()
+    }
+
     fn bytes(&mut self) -> &mut [u8] {
         self.bytes
             .get_or_insert_with(|| vec![0; SIZE_LINE_ROOM + RELAY_BUFFER + 2].into_boxed_slice())

@@ -20,4 +20,5 @@ mod state;
 mod status_page;
 mod steering;
 mod streaming;
+mod upstream_pool;
 mod upstream_verdicts;

@@ -1,9 +1,16 @@
 //! The ureq agent every worker shares (it holds the upstream connection pool), with settings
 //! that make ureq a transparent relay: no redirects, no decompression, statuses as answers.
 
+mod buffers;
+mod link;
+
 use std::time::Duration;
 
 use ureq::Agent;
+use ureq::unversioned::resolver::DefaultResolver;
+use ureq::unversioned::transport::{ConnectProxyConnector, Connector, RustlsConnector};
+
+use link::LinkConnector;
 
 /// Per-connection read buffer, also the largest upstream response head accepted.
 const INPUT_BUFFER: usize = 16 * 1024;
@@ -30,10 +37,17 @@ pub fn agent(connect_timeout: Duration, upstream_timeout: Duration, workers: usi
         .output_buffer_size(OUTPUT_BUFFER)
         .max_response_header_size(INPUT_BUFFER)
         .timeout_connect(Some(connect_timeout))
-        .timeout_recv_response(Some(upstream_timeout))
-        .timeout_send_body(Some(upstream_timeout))
-        // Bounds silence on a stream, not its length: long generations keep flowing.
+        // Each read and write may wait this long: the response head is one read or a few, and
+        // silence on a stream is bounded, not its length (long generations keep flowing).
+        // Fixed per-operation timeouts, not deadlines, so the socket's timeout does not change
+        // from one request to the next and costs no system call (deadlines cost three).
         .timeout_per_read(Some(upstream_timeout))
+        .timeout_per_write(Some(upstream_timeout))
         .build();
-    Agent::new_with_config(config)
+    // ureq's default chain, minus SOCKS, with keyrelay's TCP link in place of ureq's.
+    let connector =
+        ().chain(ConnectProxyConnector::default())
+            .chain(LinkConnector)
+            .chain(RustlsConnector::default());
+    Agent::with_parts(config, connector, DefaultResolver::default())
 }
