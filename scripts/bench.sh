@@ -1,29 +1,48 @@
 #!/usr/bin/env bash
-# scripts/bench.sh: the side-by-side benchmark of issue 5. keyrelay (4 keys) and a reference
-# nginx reverse proxy (one fixed key) in front of the same fast stand-in upstream, all on
-# 127.0.0.1, measured in one run:
+# scripts/bench.sh: the side-by-side benchmark of issues 5 and 14. keyrelay (4 keys), built twice
+# (the glibc release binary and the static musl one of scripts/build-static.sh, each its own
+# column and its own process), and a reference nginx reverse proxy (one fixed key) in front of
+# the same fast stand-in upstream, all on 127.0.0.1, measured in one run. Columns: direct (the
+# upstream itself), nginx, keyrelay (glibc), keyrelay musl; then the peers a user would pick
+# instead, LiteLLM proxy and Portkey gateway, in (1):
 #   (1) wrk -t2 -c64 POST /openai/v1/chat/completions (~400-byte JSON body): rps, p50, p99, and
-#       each proxy's CPU time and context switches per request (from /proc, over its process:
-#       nginx's master and workers, keyrelay's threads); then 64 fresh keep-alive connections at
-#       once: any left waiting >= 1 s (starving)
+#       each proxy's CPU time and context switches per request (from /proc, over its process
+#       tree: nginx's master and workers, keyrelay's threads), peak RSS (VmHWM after (1), summed
+#       over the tree); then 64 fresh keep-alive connections at once: any left waiting >= 1 s
+#       (starving)
 #   (2) wrk -t1 -c1, the same: latency each proxy adds over calling the upstream directly
-#   (3) keyrelay's RSS idle (VmRSS before any load) and peak (VmHWM after (1))
+#   (3) keyrelay's RSS idle (VmRSS before any load) and peak (VmHWM after (1)), glibc and musl
 #   (4) 1,000 concurrent SSE streams (opened over 0.5 s; 20 events, 50 ms apart) through each
-#       proxy, keyrelay with default settings: time to first event, per-event delay from the
-#       upstream's write to the client's read, stalled/failed streams, keyrelay's RSS and threads
+#       proxy, keyrelay with default settings (a fresh process per column): time to first event,
+#       per-event delay from the upstream's write to the client's read, stalled/failed streams,
+#       keyrelay's RSS and threads
 #   (5) a 1 GiB download through each proxy, MB/s
-#   (6) keyrelay's start-up time, spawn to ready
-#   (7) 10,000 idle keep-alive connections held open to keyrelay (MAX_CONNECTIONS=20000, ulimit -n
-#       30000; no byte sent on them): keyrelay alive, its threads and RSS, and the time of one
-#       GET /health and one proxied POST from another client meanwhile
-# (1) and (2) run 3 rounds (direct, nginx, keyrelay interleaved); each figure is the median.
+#   (6) keyrelay's start-up time, spawn to ready (glibc and musl)
+#   (7) 10,000 idle keep-alive connections held open to keyrelay (glibc; MAX_CONNECTIONS=20000,
+#       ulimit -n 30000; no byte sent on them): keyrelay alive, its threads and RSS, and the time
+#       of one GET /health and one proxied POST from another client meanwhile
+#   (8) heap allocations and bytes per proxied request (glibc build under valgrind DHAT,
+#       scripts/bench/allocs.sh)
+# (1) and (2) run 3 rounds (direct, nginx, keyrelay, keyrelay musl interleaved); each figure is
+# the median. Ratio lines under the table: musl/glibc rps, peak RSS and p99 (c64 and the
+# streams), glibc/nginx rps, keyrelay/peer rps, and whether keyrelay's p99 and RSS are lower.
+# Peers (scripts/bench/peers.sh), installed when missing and pinned exactly, into
+# target/bench/peers/: LiteLLM proxy (PyPI litellm[proxy]==1.108.7 in a venv, python3 -m venv)
+# and Portkey gateway (npm @portkey-ai/gateway@1.15.2 with @hono/node-server 1.13.5; needs node
+# and npm). Each runs alone against the same stand-in with the same 4 keys, one worker, after the
+# rest, for (1) only and for one round by default (BENCH_PEER_ROUNDS): three would add about a
+# minute for figures 10-100x apart. A peer that cannot be installed or does not answer is shown
+# in the table as "not installed: ..." or "failed: ...", and the rest of the bench runs on.
 # Prints one table and writes it to target/bench/last.txt; raw outputs and logs go to
 # target/bench/raw/.
 #
-# Usage: scripts/bench.sh                  full run (about 4 minutes on 2 cores, plus the build)
+# Usage: scripts/bench.sh                  full run (about 6 minutes on 2 cores, plus the builds
+#                                          (glibc and musl, a few minutes each from scratch) and
+#                                          the first install of the peers (about 3 minutes))
 #        BENCH_QUICK=1 scripts/bench.sh    smoke run: 3 s wrk, 1 round, 200 streams, 256 MiB bulk,
 #                                          2,000 idle connections
-# Other knobs: BENCH_PORT_BASE (default 18100; ports +1..+8 are used), BENCH_NGINX_WORKERS
+# Other knobs: BENCH_PEERS (default 1; 0 skips the peers, the table says so), BENCH_PEER_ROUNDS
+# (default 1), BENCH_PORT_BASE (default 18100; ports +1..+13 are used), BENCH_NGINX_WORKERS
 # (worker_processes of both nginx instances, default auto = one per CPU), BENCH_WORKERS
 # (keyrelay's WORKERS for (1)-(3), (5)-(7); default unset = keyrelay's default),
 # BENCH_STREAM_WORKERS (keyrelay's WORKERS for (4); default unset = keyrelay's default),
@@ -51,6 +70,8 @@ STREAM_RAMP_MS=500
 NGINX_WORKERS=${BENCH_NGINX_WORKERS:-auto}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-$((QUICK == 1 ? 0 : 60))}
 KR_WORKERS=${BENCH_WORKERS:-}
+PEERS=${BENCH_PEERS:-1}
+PEER_ROUNDS=${BENCH_PEER_ROUNDS:-1}
 STREAM_WORKERS=${BENCH_STREAM_WORKERS:-} # each stream holds a keyrelay worker for its whole life
 IDLE_MAX_CONNECTIONS=20000 IDLE_NOFILE=30000 # (7)'s keyrelay
 CLK_TCK=$(getconf CLK_TCK)
@@ -58,18 +79,27 @@ KR_KEYS=sk-bench-key-0000000001,sk-bench-key-0000000002,sk-bench-key-0000000003,
 NGINX_KEY=sk-bench-key-nginx-0000000001
 
 BASE=${BENCH_PORT_BASE:-18100}
-P_UP=$((BASE + 1))      # nginx stand-in upstream: fixed JSON, bulk file
-P_NGX=$((BASE + 2))     # nginx reference proxy -> P_UP
-P_KR=$((BASE + 3))      # keyrelay -> P_UP
-P_SSE=$((BASE + 4))     # Rust SSE stand-in upstream
-P_NGX_SSE=$((BASE + 5)) # nginx reference proxy -> P_SSE (proxy_buffering off)
-P_KR_SSE=$((BASE + 6))  # keyrelay for the streams -> P_SSE
-P_START=$((BASE + 7))   # start-up timing
-P_IDLE=$((BASE + 8))    # keyrelay holding the idle connections -> P_UP
+P_UP=$((BASE + 1))       # nginx stand-in upstream: fixed JSON, bulk file
+P_NGX=$((BASE + 2))      # nginx reference proxy -> P_UP
+P_KR=$((BASE + 3))       # keyrelay -> P_UP
+P_SSE=$((BASE + 4))      # Rust SSE stand-in upstream
+P_NGX_SSE=$((BASE + 5))  # nginx reference proxy -> P_SSE (proxy_buffering off)
+P_KR_SSE=$((BASE + 6))   # keyrelay for the streams -> P_SSE
+P_START=$((BASE + 7))    # start-up timing
+P_IDLE=$((BASE + 8))     # keyrelay holding the idle connections -> P_UP
+P_KRM=$((BASE + 9))      # keyrelay musl -> P_UP
+P_KRM_SSE=$((BASE + 10)) # keyrelay musl for the streams -> P_SSE
+P_LITELLM=$((BASE + 11)) # LiteLLM proxy -> P_UP
+P_PORTKEY=$((BASE + 12)) # Portkey gateway -> P_UP
+P_ALLOC=$((BASE + 13))   # keyrelay under valgrind, (8)
 
 OUT=$ROOT/target/bench
 RAW=$OUT/raw
 CHAT=/openai/v1/chat/completions
+# shellcheck source=scripts/bench/peers.sh
+source "$ROOT/scripts/bench/peers.sh" # LiteLLM and Portkey: install, start, measure, table
+# shellcheck source=scripts/bench/allocs.sh
+source "$ROOT/scripts/bench/allocs.sh" # (8) heap allocations per request, valgrind DHAT
 
 # ---------------------------------------------------------------------------------------------
 # Processes and clean-up
@@ -172,13 +202,14 @@ wait_ready() {
 # Preparation
 
 install_tools() {
-  command -v wrk >/dev/null && { command -v nginx || [[ -x /usr/sbin/nginx ]]; } >/dev/null && return 0
-  log "installing wrk and nginx-light"
+  command -v wrk >/dev/null && command -v valgrind >/dev/null &&
+    { command -v nginx || [[ -x /usr/sbin/nginx ]]; } >/dev/null && return 0
+  log "installing wrk, nginx-light and valgrind"
   local sudo=()
   [[ $(id -u) == 0 ]] || sudo=(sudo)
   export DEBIAN_FRONTEND=noninteractive
-  bounded 300 "${sudo[@]}" apt-get install -y nginx-light wrk ||
-    { bounded 300 "${sudo[@]}" apt-get update && bounded 300 "${sudo[@]}" apt-get install -y nginx-light wrk; }
+  bounded 300 "${sudo[@]}" apt-get install -y nginx-light wrk valgrind ||
+    { bounded 300 "${sudo[@]}" apt-get update && bounded 300 "${sudo[@]}" apt-get install -y nginx-light wrk valgrind; }
 }
 
 raise_fd_limit() {
@@ -199,12 +230,30 @@ build() {
     bounded 900 cargo build --release --quiet --example sse-upstream) || die "build failed"
   KR_BIN=$ROOT/target/release/keyrelay
   TOOL=$ROOT/target/release/examples/sse-upstream
+  log "building the static musl keyrelay (scripts/build-static.sh)"
+  (cd "$ROOT" && bounded 1200 bash scripts/build-static.sh) >"$RAW/build-static.log" 2>&1 ||
+    die "static musl build failed: $(tail -5 "$RAW/build-static.log")"
+  KRM_BIN=$ROOT/target/x86_64-unknown-linux-musl/release/keyrelay
+  [[ -x $KRM_BIN ]] || die "scripts/build-static.sh left no $KRM_BIN"
   BUILD_S=$((SECONDS - started))
+}
+
+# bin_info BIN: size in MiB and linkage, for the table's header.
+bin_info() {
+  local size link
+  size=$(awk -v s="$(stat -c %s "$1")" 'BEGIN { printf "%.2f MiB", s / 1048576 }')
+  case $(ldd "$1" 2>&1 || true) in
+    *"statically linked"* | *"not a dynamic executable"*) link=static ;;
+    *) link=dynamic ;;
+  esac
+  echo "$size, $link"
 }
 
 check_ports() {
   local p
-  for p in "$P_UP" "$P_NGX" "$P_KR" "$P_SSE" "$P_NGX_SSE" "$P_KR_SSE" "$P_START" "$P_IDLE"; do
+  local ports=("$P_UP" "$P_NGX" "$P_KR" "$P_SSE" "$P_NGX_SSE" "$P_KR_SSE" "$P_START" "$P_IDLE" "$P_KRM" "$P_KRM_SSE" "$P_ALLOC")
+  [[ $PEERS == 0 ]] || ports+=("$P_LITELLM" "$P_PORTKEY")
+  for p in "${ports[@]}"; do
     port_free "$p" || die "port $p is in use (set BENCH_PORT_BASE)"
   done
 }
@@ -215,13 +264,22 @@ BODY='{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a c
 # The stand-in upstream's answer.
 ANSWER='{"id":"chatcmpl-bench0001","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Threads are simple and isolate slow clients; event loops hold more connections per byte of memory."},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":64,"completion_tokens":21,"total_tokens":85},"system_fingerprint":"fp_bench"}'
 
+# write_wrk_script FILE BODY HEADERS: HEADERS is "Name: value" lines (the peers' own).
 write_wrk_script() {
-  cat >"$TMP/post.lua" <<EOF
+  local file=$1 body=$2 hdrs=$3 name value
+  {
+    cat <<EOF
 -- POST a ~400-byte chat request; print exact figures from wrk's own histogram at the end.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer sk-client-placeholder"
-wrk.body = [[$BODY]]
+EOF
+    while IFS= read -r name; do
+      [[ -n $name ]] || continue
+      value=${name#*: } name=${name%%: *}
+      echo "wrk.headers[\"$name\"] = [[$value]]"
+    done <<<"$hdrs"
+    cat <<EOF
+wrk.body = [[$body]]
 
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -232,6 +290,7 @@ done = function(summary, latency, requests)
     e.status, e.connect + e.read + e.write + e.timeout))
 end
 EOF
+  } >"$file"
 }
 
 # Lines shared by both nginx instances: everything private to $dir.
@@ -340,8 +399,9 @@ start_nginx() {
 # start_keyrelay NAME PORT UPSTREAM_PORT [WORKERS [NOFILE [VAR=VALUE ...]]]: sets KR_PID.
 # Empty WORKERS or NOFILE: keyrelay's default, the script's open-file limit. A NOFILE above the
 # hard limit (and no privilege to raise it) becomes the hard limit: read /proc/PID/limits.
+# KR_START_BIN=... before the call runs that binary (the musl one) instead of KR_BIN.
 start_keyrelay() {
-  local name=$1 dir=$TMP/$1 port=$2 upstream=$3 workers=${4:-} nofile=${5:-}
+  local name=$1 dir=$TMP/$1 port=$2 upstream=$3 workers=${4:-} nofile=${5:-} bin=${KR_START_BIN:-$KR_BIN}
   shift $(($# < 5 ? $# : 5))
   mkdir -p "$dir"
   local envs=(PORT="$port" HOST=127.0.0.1 OPENAI_API_KEYS="$KR_KEYS"
@@ -349,7 +409,7 @@ start_keyrelay() {
   [[ -n $workers ]] && envs+=(WORKERS="$workers")
   (
     if [[ -n $nofile ]]; then ulimit -n "$nofile" 2>/dev/null || ulimit -n "$(ulimit -Hn)"; fi
-    cd "$dir" && exec env -i "${envs[@]}" "$KR_BIN"
+    cd "$dir" && exec env -i "${envs[@]}" "$bin"
   ) 2>"$dir/stderr.log" &
   KR_PID=$!
   spawned "keyrelay ($name)"
@@ -366,15 +426,21 @@ start_sse_upstream() {
   wait_ready "$P_SSE" "$!" "$TMP/sse-upstream/stderr.log"
 }
 
-# Checks that a target answers the chat POST with 200 and a JSON body.
-smoke() {
-  local url=$1 code
+# smoke_check URL [BODY [HEADER...]]: whether a target answers the chat POST with 200 and the
+# stand-in's JSON; SMOKE_ERR says how it did not (empty when it did).
+smoke_check() {
+  local url=$1 body=${2:-$BODY} code h args=()
+  shift $(($# < 2 ? $# : 2))
+  for h in "$@"; do [[ -z $h ]] || args+=(-H "$h"); done
   code=$(curl -s -o "$TMP/smoke.out" -w '%{http_code}' --max-time 10 -X POST \
-    -H 'Content-Type: application/json' --data-binary "$BODY" "$url") || code=000
+    -H 'Content-Type: application/json' "${args[@]}" --data-binary "$body" "$url") || code=000
+  SMOKE_ERR=""
   if [[ $code != 200 ]] || ! grep -q chatcmpl-bench0001 "$TMP/smoke.out"; then
-    die "POST $url answered $code: $(head -c 300 "$TMP/smoke.out")"
+    SMOKE_ERR="POST $url answered $code: $(head -c 300 "$TMP/smoke.out" | tr '\n' ' ')"
+    return 1
   fi
 }
+smoke() { smoke_check "$1" || die "$SMOKE_ERR"; }
 
 # ---------------------------------------------------------------------------------------------
 # Measurements
@@ -417,12 +483,28 @@ wait_for_quiet() {
 }
 status_kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
 
-# proc_usage PID: "TICKS SWITCHES" for PID and its child processes (nginx: master and workers):
-# utime + stime (fields 14 and 15 of /proc/P/stat, in clock ticks, threads that ended included)
-# and voluntary + nonvoluntary context switches summed over /proc/P/task/*/status.
+# proc_tree PID: PID and all its descendants, one a line.
+proc_tree() {
+  local c
+  echo "$1"
+  for c in $(pgrep -P "$1" || true); do proc_tree "$c"; done
+}
+# tree_kib PID FIELD: a /proc/P/status field (VmHWM, VmRSS, Threads) summed over PID's tree.
+tree_kib() {
+  local p sum=0 v
+  for p in $(proc_tree "$1"); do
+    v=$(status_kib "$p" "$2" 2>/dev/null) || continue
+    sum=$((sum + ${v:-0}))
+  done
+  echo "$sum"
+}
+
+# proc_usage PID: "TICKS SWITCHES" for PID and its descendants (nginx: master and workers; a
+# peer's workers): utime + stime (fields 14 and 15 of /proc/P/stat, in clock ticks, threads that
+# ended included) and voluntary + nonvoluntary context switches summed over /proc/P/task/*/status.
 proc_usage() {
   local pids=() p ticks=0 switches=0 stat rest f cs
-  mapfile -t pids < <(echo "$1"; pgrep -P "$1" || true)
+  mapfile -t pids < <(proc_tree "$1")
   for p in "${pids[@]}"; do
     stat=$(cat "/proc/$p/stat" 2>/dev/null) || continue
     rest=${stat##*) } # after the command name, which may hold spaces: field 3 onwards
@@ -441,24 +523,37 @@ declare -A URL=(
   [direct]="http://127.0.0.1:$P_UP/v1/chat/completions"
   [nginx]="http://127.0.0.1:$P_NGX$CHAT"
   [keyrelay]="http://127.0.0.1:$P_KR$CHAT"
+  [keyrelay-musl]="http://127.0.0.1:$P_KRM$CHAT"
 )
-TARGETS=(direct nginx keyrelay)
+TARGETS=(direct nginx keyrelay keyrelay-musl)
+KEYRELAYS=(keyrelay keyrelay-musl) # the columns that are keyrelay: glibc and static musl
 
-declare -A PROXY_PID=() # target -> the proxy's pid, for CPU and context switches per request
+declare -A PROXY_PID=()  # target -> the proxy's pid, for CPU and context switches per request
+declare -A WRK_SCRIPT=() # target -> its wrk script, when not $TMP/post.lua (the peers)
+declare -A WRK_EXTRA=()  # target -> more wrk options (the peers: --timeout)
 
 # run_wrk TAG TARGET THREADS CONNS SECS: raw output to $RAW/wrk-TAG-TARGET.txt; for a target in
-# PROXY_PID, its CPU time and context switches over the run to $RAW/proc-TAG-TARGET.txt.
+# PROXY_PID, its CPU time and context switches over the run to $RAW/proc-TAG-TARGET.txt. A
+# failure ends the run, except for a peer: then it is noted in PEER_STATE and run_wrk fails.
 run_wrk() {
   local tag=$1 target=$2 threads=$3 conns=$4 secs=$5
   local out=$RAW/wrk-$tag-$target.txt pid=${PROXY_PID[$target]:-}
-  local status=0 before=() after=()
+  local status=0 before=() after=() extra=()
+  read -r -a extra <<<"${WRK_EXTRA[$target]:-}"
   [[ -z $pid ]] || read -r -a before <<<"$(proc_usage "$pid")"
-  bounded $((secs + 30)) wrk -t"$threads" -c"$conns" -d"${secs}s" --latency \
-    -s "$TMP/post.lua" "${URL[$target]}" >"$out" 2>&1 || status=$?
+  bounded $((secs + 60)) wrk -t"$threads" -c"$conns" -d"${secs}s" --latency "${extra[@]}" \
+    -s "${WRK_SCRIPT[$target]:-$TMP/post.lua}" "${URL[$target]}" >"$out" 2>&1 || status=$?
   [[ -z $pid ]] || read -r -a after <<<"$(proc_usage "$pid")"
   ensure_alive
-  ((status == 0)) || die "wrk against $target failed: $(tail -3 "$out")"
-  grep -q '^RESULT' "$out" || die "wrk printed no result for $target: $(tail -3 "$out")"
+  local err=""
+  ((status == 0)) || err="wrk against $target failed: $(tail -3 "$out")"
+  [[ -n $err ]] || grep -q '^RESULT' "$out" || err="wrk printed no result for $target: $(tail -3 "$out")"
+  [[ -z $pid || -n $err ]] || kill -0 "$pid" 2>/dev/null || err="$target exited during wrk"
+  if [[ -n $err ]]; then
+    [[ -n ${PEER_STATE[$target]:-} ]] || die "$err"
+    peer_fail "$target" "failed: $(tr '\n' ' ' <<<"$err")"
+    return 1
+  fi
   if [[ -n $pid ]]; then
     awk -v t="$((after[0] - before[0]))" -v c="$((after[1] - before[1]))" -v n="$(kv "$out" requests)" \
       -v hz="$CLK_TCK" 'BEGIN {
@@ -469,6 +564,7 @@ run_wrk() {
 
 # measure_wrk NAME THREADS CONNS: ROUNDS interleaved rounds; medians into W[NAME,target,key].
 declare -A W=()
+declare -A RSS_IDLE=() RSS_PEAK=() RSS_PEAK_BULK=() RSS_SSE_IDLE=() # target -> KiB
 measure_wrk() {
   local name=$1 threads=$2 conns=$3 round target key
   for round in $(seq 1 "$ROUNDS"); do
@@ -477,25 +573,29 @@ measure_wrk() {
       run_wrk "$name-r$round" "$target" "$threads" "$conns" "$DURATION"
     done
   done
-  for target in "${TARGETS[@]}"; do
-    for key in rps p50_us p99_us max_us; do
-      W[$name,$target,$key]=$(for round in $(seq 1 "$ROUNDS"); do
-        kv "$RAW/wrk-$name-r$round-$target.txt" "$key"
+  for target in "${TARGETS[@]}"; do medians "$name" "$target" "$ROUNDS"; done
+}
+
+# medians NAME TARGET ROUNDS: W[NAME,TARGET,key] from the raw files of rounds 1..ROUNDS.
+medians() {
+  local name=$1 target=$2 rounds=$3 key round
+  for key in rps p50_us p99_us max_us; do
+    W[$name,$target,$key]=$(for round in $(seq 1 "$rounds"); do
+      kv "$RAW/wrk-$name-r$round-$target.txt" "$key"
+    done | median)
+  done
+  if [[ -n ${PROXY_PID[$target]:-} ]]; then
+    for key in cpu_us_per_req switches_per_req; do
+      W[$name,$target,$key]=$(for round in $(seq 1 "$rounds"); do
+        kv "$RAW/proc-$name-r$round-$target.txt" "$key"
       done | median)
     done
-    if [[ -n ${PROXY_PID[$target]:-} ]]; then
-      for key in cpu_us_per_req switches_per_req; do
-        W[$name,$target,$key]=$(for round in $(seq 1 "$ROUNDS"); do
-          kv "$RAW/proc-$name-r$round-$target.txt" "$key"
-        done | median)
-      done
-    fi
-    # Errors are summed over rounds, not medianed: one bad round must show.
-    for key in non2xx sockerr; do
-      W[$name,$target,$key]=$(for round in $(seq 1 "$ROUNDS"); do
-        kv "$RAW/wrk-$name-r$round-$target.txt" "$key"
-      done | awk '{ s += $1 } END { print s + 0 }')
-    done
+  fi
+  # Errors are summed over rounds, not medianed: one bad round must show.
+  for key in non2xx sockerr; do
+    W[$name,$target,$key]=$(for round in $(seq 1 "$rounds"); do
+      kv "$RAW/wrk-$name-r$round-$target.txt" "$key"
+    done | awk '{ s += $1 } END { print s + 0 }')
   done
 }
 
@@ -546,7 +646,8 @@ declare -A BULK=()
 measure_bulk() {
   local -A path=([direct]="http://127.0.0.1:$P_UP/v1/files/big"
     [nginx]="http://127.0.0.1:$P_NGX/openai/v1/files/big"
-    [keyrelay]="http://127.0.0.1:$P_KR/openai/v1/files/big")
+    [keyrelay]="http://127.0.0.1:$P_KR/openai/v1/files/big"
+    [keyrelay-musl]="http://127.0.0.1:$P_KRM/openai/v1/files/big")
   local round target
   for round in $(seq 1 "$BULK_RUNS"); do
     for target in "${TARGETS[@]}"; do
@@ -558,15 +659,17 @@ measure_bulk() {
   for target in "${TARGETS[@]}"; do BULK[$target]=$(median <"$RAW/bulk-$target.txt"); done
 }
 
+# startup_test TARGET BIN: (6) for BIN; RESULT to $RAW/startup-TARGET.txt.
 startup_test() {
+  local target=$1 bin=$2
   mkdir -p "$TMP/startup"
-  log "(6) start-up time, $STARTUP_RUNS runs"
+  log "(6) start-up time, $STARTUP_RUNS runs, $target"
   local envs=(--env "OPENAI_API_KEYS=$KR_KEYS" --env "OPENAI_BASE_URL=http://127.0.0.1:$P_UP"
     --env LOG_LEVEL=warn)
   [[ -n $KR_WORKERS ]] && envs+=(--env "WORKERS=$KR_WORKERS")
-  bounded 120 "$TOOL" startup --bin "$KR_BIN" --dir "$TMP/startup" --port "$P_START" \
-    --runs "$STARTUP_RUNS" "${envs[@]}" >"$RAW/startup.txt" 2>"$RAW/startup.err" ||
-    die "start-up timing failed: $(tail -5 "$RAW/startup.err")"
+  bounded 120 "$TOOL" startup --bin "$bin" --dir "$TMP/startup" --port "$P_START" \
+    --runs "$STARTUP_RUNS" "${envs[@]}" >"$RAW/startup-$target.txt" 2>"$RAW/startup-$target.err" ||
+    die "start-up timing of $target failed: $(tail -5 "$RAW/startup-$target.err")"
 }
 
 # idle_test: (7). Starts a keyrelay with MAX_CONNECTIONS=20000 under ulimit -n 30000, holds
@@ -663,76 +766,87 @@ diff_ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.3f ms", a - b }'; }
 # verdict OK_EXPRESSION: "ok" or "MISS".
 verdict() { awk "BEGIN { print (($1) ? \"ok\" : \"MISS\") }"; }
 
-row() { printf '%-40s %12s %12s %12s %14s   %s\n' "$@"; }
+row() { printf '%-40s %12s %12s %12s %12s %14s   %s\n' "$@"; }
+rline() { printf '  %-50s %s\n' "$@"; }
 
 print_table() {
   local -A S=()
   local t key
-  for t in direct nginx keyrelay; do
+  for t in direct nginx "${KEYRELAYS[@]}"; do
     for key in concurrent_peak ok stalled failed delay_p50_ms delay_p99_ms delay_max_ms first_event_p50_ms \
       first_event_p99_ms first_event_max_ms rss_peak_kib threads_peak; do
       S[$t,$key]=$(kv "$RAW/sse-$t.txt" "$key")
     done
+    # The stream client may not print first_event_p99_ms (older builds of the example): shown as -.
+    S[$t,first_event_p99_ms]=${S[$t,first_event_p99_ms]:--}
   done
-  # The stream client may not print first_event_p99_ms (older builds of the example): shown as -.
-  for t in direct nginx keyrelay; do S[$t,first_event_p99_ms]=${S[$t,first_event_p99_ms]:--}; done
   local d_p50=${W[c1,direct,p50_us]} d_p99=${W[c1,direct,p99_us]}
-  local n_add50 k_add50 n_add99 k_add99
-  n_add50=$(fmt_ms $((${W[c1,nginx,p50_us]} - d_p50)))
-  k_add50=$(fmt_ms $((${W[c1,keyrelay,p50_us]} - d_p50)))
-  n_add99=$(fmt_ms $((${W[c1,nginx,p99_us]} - d_p99)))
-  k_add99=$(fmt_ms $((${W[c1,keyrelay,p99_us]} - d_p99)))
-  local kr_rps=${W[c64,keyrelay,rps]} ngx_rps=${W[c64,nginx,rps]}
-  local start_ms
-  start_ms=$(kv "$RAW/startup.txt" startup_ms_median)
+  local -A add50=() add99=()
+  for t in nginx "${KEYRELAYS[@]}"; do
+    add50[$t]=$(fmt_ms $((${W[c1,$t,p50_us]} - d_p50)))
+    add99[$t]=$(fmt_ms $((${W[c1,$t,p99_us]} - d_p99)))
+  done
+  local kr_rps=${W[c64,keyrelay,rps]} krm_rps=${W[c64,keyrelay-musl,rps]} ngx_rps=${W[c64,nginx,rps]}
+  local start_ms startm_ms
+  start_ms=$(kv "$RAW/startup-keyrelay.txt" startup_ms_median)
+  startm_ms=$(kv "$RAW/startup-keyrelay-musl.txt" startup_ms_median)
 
   echo "keyrelay benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo '+dirty'), $(nproc) CPUs, quick=$QUICK"
   echo "nginx $(nginx_version), worker_processes $NGINX_WORKERS; keyrelay LOG_LEVEL=warn, WORKERS=${KR_WORKERS:-default} (streams: ${STREAM_WORKERS:-default}), 4 keys"
+  echo "keyrelay = target/release/keyrelay ($(bin_info "$KR_BIN")); kr musl = target/x86_64-unknown-linux-musl/release/keyrelay ($(bin_info "$KRM_BIN")); a process of its own per column and measurement"
   echo "nginx proxy: upstream keepalive, proxy_buffering on (off for the SSE server), proxy_max_temp_file_size 0"
-  echo "(1),(2): median of $ROUNDS x ${DURATION}s wrk runs; errors summed over runs. Latencies in ms."
+  echo "(1),(2): median of $ROUNDS x ${DURATION}s wrk runs (direct, nginx, keyrelay, kr musl interleaved); errors summed over runs. Latencies in ms."
   echo "CPU busy with other work while ours idled: ${BUSY_BEFORE}% before (after waiting ${QUIET_WAITED}s), ${BUSY_AFTER}% after (noise: keep it near 0)"
   echo
-  row "metric" "direct" "nginx" "keyrelay" "kr vs nginx" "target"
-  row "(1) rps, 64 conns" "${W[c64,direct,rps]%.*}" "${ngx_rps%.*}" "${kr_rps%.*}" \
+  row "metric" "direct" "nginx" "keyrelay" "kr musl" "kr vs nginx" "target"
+  row "(1) rps, 64 conns" "${W[c64,direct,rps]%.*}" "${ngx_rps%.*}" "${kr_rps%.*}" "${krm_rps%.*}" \
     "$(ratio "$kr_rps" "$ngx_rps")" "$(verdict "$kr_rps >= 0.5 * $ngx_rps") >=0.5x"
   for key in p50_us p99_us max_us; do
     row "(1) ${key%_us} ms, 64 conns" "$(fmt_ms "${W[c64,direct,$key]}")" "$(fmt_ms "${W[c64,nginx,$key]}")" \
-      "$(fmt_ms "${W[c64,keyrelay,$key]}")" "" \
+      "$(fmt_ms "${W[c64,keyrelay,$key]}")" "$(fmt_ms "${W[c64,keyrelay-musl,$key]}")" "" \
       "$([[ $key == p99_us ]] && echo "$(verdict "${W[c64,keyrelay,p99_us]} <= 5000") <=5 ms")"
   done
   row "(1) CPU us/req, 64 conns" "-" "${W[c64,nginx,cpu_us_per_req]}" "${W[c64,keyrelay,cpu_us_per_req]}" \
+    "${W[c64,keyrelay-musl,cpu_us_per_req]}" \
     "$(ratio "${W[c64,keyrelay,cpu_us_per_req]}" "${W[c64,nginx,cpu_us_per_req]}")" "reported"
   row "(1) ctx switches/req, 64 conns" "-" "${W[c64,nginx,switches_per_req]}" \
-    "${W[c64,keyrelay,switches_per_req]}" \
+    "${W[c64,keyrelay,switches_per_req]}" "${W[c64,keyrelay-musl,switches_per_req]}" \
     "$(ratio "${W[c64,keyrelay,switches_per_req]}" "${W[c64,nginx,switches_per_req]}")" "reported"
+  row "(1) peak RSS MiB (VmHWM after (1))" "-" "$(fmt_mib "${RSS_PEAK[nginx]}")" "$(fmt_mib "${RSS_PEAK[keyrelay]}")" \
+    "$(fmt_mib "${RSS_PEAK[keyrelay-musl]}")" "$(ratio "${RSS_PEAK[keyrelay]}" "${RSS_PEAK[nginx]}")" "see (3)"
   row "(1) starving conns of 64 (>=1 s wait)" "$(kv "$RAW/conns-direct.txt" starving)" \
-    "$(kv "$RAW/conns-nginx.txt" starving)" "$(kv "$RAW/conns-keyrelay.txt" starving)" "" \
+    "$(kv "$RAW/conns-nginx.txt" starving)" "$(kv "$RAW/conns-keyrelay.txt" starving)" \
+    "$(kv "$RAW/conns-keyrelay-musl.txt" starving)" "" \
     "$(verdict "$(kv "$RAW/conns-keyrelay.txt" starving) == 0") 0"
   row "(1) longest wait ms, 64 fresh conns" "$(kv "$RAW/conns-direct.txt" longest_wait_ms)" \
-    "$(kv "$RAW/conns-nginx.txt" longest_wait_ms)" "$(kv "$RAW/conns-keyrelay.txt" longest_wait_ms)" "" ""
+    "$(kv "$RAW/conns-nginx.txt" longest_wait_ms)" "$(kv "$RAW/conns-keyrelay.txt" longest_wait_ms)" \
+    "$(kv "$RAW/conns-keyrelay-musl.txt" longest_wait_ms)" "" ""
   row "(1) non-2xx / socket errors" "${W[c64,direct,non2xx]} / ${W[c64,direct,sockerr]}" \
-    "${W[c64,nginx,non2xx]} / ${W[c64,nginx,sockerr]}" "${W[c64,keyrelay,non2xx]} / ${W[c64,keyrelay,sockerr]}" "" \
+    "${W[c64,nginx,non2xx]} / ${W[c64,nginx,sockerr]}" "${W[c64,keyrelay,non2xx]} / ${W[c64,keyrelay,sockerr]}" \
+    "${W[c64,keyrelay-musl,non2xx]} / ${W[c64,keyrelay-musl,sockerr]}" "" \
     "$(verdict "${W[c64,keyrelay,non2xx]} + ${W[c64,keyrelay,sockerr]} == 0") 0"
   row "(2) rps, 1 conn" "${W[c1,direct,rps]%.*}" "${W[c1,nginx,rps]%.*}" "${W[c1,keyrelay,rps]%.*}" \
-    "$(ratio "${W[c1,keyrelay,rps]}" "${W[c1,nginx,rps]}")" ""
+    "${W[c1,keyrelay-musl,rps]%.*}" "$(ratio "${W[c1,keyrelay,rps]}" "${W[c1,nginx,rps]}")" ""
   row "(2) p50 ms, 1 conn" "$(fmt_ms "$d_p50")" "$(fmt_ms "${W[c1,nginx,p50_us]}")" \
-    "$(fmt_ms "${W[c1,keyrelay,p50_us]}")" "" ""
+    "$(fmt_ms "${W[c1,keyrelay,p50_us]}")" "$(fmt_ms "${W[c1,keyrelay-musl,p50_us]}")" "" ""
   row "(2) p99 ms, 1 conn" "$(fmt_ms "$d_p99")" "$(fmt_ms "${W[c1,nginx,p99_us]}")" \
-    "$(fmt_ms "${W[c1,keyrelay,p99_us]}")" "" ""
-  row "(2) added p50 ms over direct" "-" "$n_add50" "$k_add50" "$(diff_ms "$k_add50" "$n_add50")" \
-    "$(verdict "$k_add50 <= 0.1") <=0.1 ms"
-  row "(2) added p99 ms over direct" "-" "$n_add99" "$k_add99" "$(diff_ms "$k_add99" "$n_add99")" ""
+    "$(fmt_ms "${W[c1,keyrelay,p99_us]}")" "$(fmt_ms "${W[c1,keyrelay-musl,p99_us]}")" "" ""
+  row "(2) added p50 ms over direct" "-" "${add50[nginx]}" "${add50[keyrelay]}" "${add50[keyrelay-musl]}" \
+    "$(diff_ms "${add50[keyrelay]}" "${add50[nginx]}")" "$(verdict "${add50[keyrelay]} <= 0.1") <=0.1 ms"
+  row "(2) added p99 ms over direct" "-" "${add99[nginx]}" "${add99[keyrelay]}" "${add99[keyrelay-musl]}" \
+    "$(diff_ms "${add99[keyrelay]}" "${add99[nginx]}")" ""
   row "(2) non-2xx / socket errors" "${W[c1,direct,non2xx]} / ${W[c1,direct,sockerr]}" \
-    "${W[c1,nginx,non2xx]} / ${W[c1,nginx,sockerr]}" "${W[c1,keyrelay,non2xx]} / ${W[c1,keyrelay,sockerr]}" "" ""
-  row "(3) RSS idle MiB (before load)" "-" "-" "$(fmt_mib "$RSS_IDLE")" "" \
-    "$(verdict "$RSS_IDLE <= 5 * 1024") <=5 MiB"
-  row "(3) RSS peak MiB (VmHWM after (1))" "-" "-" "$(fmt_mib "$RSS_PEAK")" "" \
-    "$(verdict "$RSS_PEAK <= 20 * 1024") <=20 MiB"
+    "${W[c1,nginx,non2xx]} / ${W[c1,nginx,sockerr]}" "${W[c1,keyrelay,non2xx]} / ${W[c1,keyrelay,sockerr]}" \
+    "${W[c1,keyrelay-musl,non2xx]} / ${W[c1,keyrelay-musl,sockerr]}" "" ""
+  row "(3) RSS idle MiB (before load)" "-" "$(fmt_mib "${RSS_IDLE[nginx]}")" "$(fmt_mib "${RSS_IDLE[keyrelay]}")" \
+    "$(fmt_mib "${RSS_IDLE[keyrelay-musl]}")" "" "$(verdict "${RSS_IDLE[keyrelay]} <= 5 * 1024") <=5 MiB"
+  row "(3) RSS peak MiB (VmHWM after (1))" "-" "$(fmt_mib "${RSS_PEAK[nginx]}")" "$(fmt_mib "${RSS_PEAK[keyrelay]}")" \
+    "$(fmt_mib "${RSS_PEAK[keyrelay-musl]}")" "" "$(verdict "${RSS_PEAK[keyrelay]} <= 20 * 1024") <=20 MiB"
   row "(4) SSE streams open at once (peak)" "${S[direct,concurrent_peak]}" "${S[nginx,concurrent_peak]}" \
-    "${S[keyrelay,concurrent_peak]}" "" ""
-  row "(4) SSE streams ok/stalled/failed" "${S[direct,ok]}/${S[direct,stalled]}/${S[direct,failed]}" \
-    "${S[nginx,ok]}/${S[nginx,stalled]}/${S[nginx,failed]}" \
-    "${S[keyrelay,ok]}/${S[keyrelay,stalled]}/${S[keyrelay,failed]}" "" \
+    "${S[keyrelay,concurrent_peak]}" "${S[keyrelay-musl,concurrent_peak]}" "" ""
+  local -A osf=()
+  for t in direct nginx "${KEYRELAYS[@]}"; do osf[$t]=${S[$t,ok]}/${S[$t,stalled]}/${S[$t,failed]}; done
+  row "(4) SSE streams ok/stalled/failed" "${osf[direct]}" "${osf[nginx]}" "${osf[keyrelay]}" "${osf[keyrelay-musl]}" "" \
     "$(verdict "${S[keyrelay,stalled]} + ${S[keyrelay,failed]} == 0 && ${S[keyrelay,ok]} == $STREAMS") $STREAMS/0/0"
   local -A label=([delay_p50_ms]="event delay p50" [delay_p99_ms]="event delay p99"
     [delay_max_ms]="event delay max" [first_event_p50_ms]="time to first event p50"
@@ -745,36 +859,49 @@ print_table() {
       if [[ $v =~ ^[0-9.]+$ ]]; then goal="$(verdict "$v ${target[$key]}")"; else goal="n/a"; fi
       goal="$goal ${target[$key]// /} ms"
     fi
-    row "(4) ${label[$key]} ms" "${S[direct,$key]}" "${S[nginx,$key]}" "$v" \
+    row "(4) ${label[$key]} ms" "${S[direct,$key]}" "${S[nginx,$key]}" "$v" "${S[keyrelay-musl,$key]}" \
       "$([[ $v =~ ^[0-9.]+$ && ${S[nginx,$key]} =~ ^[0-9.]+$ ]] && diff_ms "$v" "${S[nginx,$key]}")" "$goal"
   done
-  row "(4) RSS idle MiB, WORKERS=${STREAM_WORKERS:-default}" "-" "-" "$(fmt_mib "$RSS_SSE_IDLE")" "" ""
-  row "(4) RSS peak MiB during streams" "-" "-" "$(fmt_mib "${S[keyrelay,rss_peak_kib]}")" "" \
+  row "(4) RSS idle MiB, WORKERS=${STREAM_WORKERS:-default}" "-" "-" "$(fmt_mib "${RSS_SSE_IDLE[keyrelay]}")" \
+    "$(fmt_mib "${RSS_SSE_IDLE[keyrelay-musl]}")" "" ""
+  row "(4) RSS peak MiB during streams" "-" "-" "$(fmt_mib "${S[keyrelay,rss_peak_kib]}")" \
+    "$(fmt_mib "${S[keyrelay-musl,rss_peak_kib]}")" "" \
     "$(verdict "${S[keyrelay,rss_peak_kib]:-1e12} <= 80 * 1024") <=80 MiB"
-  row "(4) threads peak during streams" "-" "-" "${S[keyrelay,threads_peak]}" "" \
+  row "(4) threads peak during streams" "-" "-" "${S[keyrelay,threads_peak]}" "${S[keyrelay-musl,threads_peak]}" "" \
     "$(verdict "${S[keyrelay,threads_peak]:-1e12} <= 1100") <=1,100"
   row "(5) bulk MB/s, $BULK_MIB MiB (median/$BULK_RUNS)" "${BULK[direct]}" "${BULK[nginx]}" "${BULK[keyrelay]}" \
-    "$(ratio "${BULK[keyrelay]}" "${BULK[nginx]}")" \
+    "${BULK[keyrelay-musl]}" "$(ratio "${BULK[keyrelay]}" "${BULK[nginx]}")" \
     "$(verdict "${BULK[keyrelay]} >= 0.8 * ${BULK[nginx]}") >=0.8x"
-  row "(5) RSS peak MiB (VmHWM after bulk)" "-" "-" "$(fmt_mib "$RSS_PEAK_BULK")" "" ""
-  row "(6) start-up to ready ms (median/$STARTUP_RUNS)" "-" "-" "$start_ms" "" \
+  row "(5) RSS peak MiB (VmHWM after bulk)" "-" "-" "$(fmt_mib "${RSS_PEAK_BULK[keyrelay]}")" \
+    "$(fmt_mib "${RSS_PEAK_BULK[keyrelay-musl]}")" "" ""
+  row "(6) start-up to ready ms (median/$STARTUP_RUNS)" "-" "-" "$start_ms" "$startm_ms" "" \
     "$(verdict "$start_ms <= 20") <=20 ms"
   local k=$((IDLE_CONNS / 1000))k held_shown=${IDLE[still_open]:-0}/$IDLE_CONNS
   [[ ${IDLE[alive]} == yes ]] || held_shown="died"
-  row "(7) idle conns held" "-" "-" "$held_shown" "" \
+  row "(7) idle conns held" "-" "-" "$held_shown" "-" "" \
     "$(verdict "${IDLE[still_open]:-0} == $IDLE_CONNS && ${IDLE[accepted]:-0} >= $IDLE_CONNS && \"${IDLE[alive]}\" == \"yes\"") $IDLE_CONNS/$IDLE_CONNS, alive"
-  row "(7) threads with $k idle" "-" "-" "${IDLE[threads]:--}" "" \
+  row "(7) threads with $k idle" "-" "-" "${IDLE[threads]:--}" "-" "" \
     "$(verdict "${IDLE[threads]:-1e12} <= ${IDLE[workers]} + 16") <=$((IDLE[workers] + 16)) (WORKERS+16)"
-  row "(7) RSS MiB with $k idle" "-" "-" "$(fmt_mib "${IDLE[rss_kib]:-}")" "" \
+  row "(7) RSS MiB with $k idle" "-" "-" "$(fmt_mib "${IDLE[rss_kib]:-}")" "-" "" \
     "$(verdict "${IDLE[rss_kib]:-1e12} <= 100 * 1024") <=100 MiB"
-  row "(7) request ms with $k idle" "-" "-" "${IDLE[health_ms]:--}/${IDLE[proxied_ms]:--}" "" \
+  row "(7) request ms with $k idle" "-" "-" "${IDLE[health_ms]:--}/${IDLE[proxied_ms]:--}" "-" "" \
     "$(verdict "${IDLE[health_ms]:-1e12} < 50 && ${IDLE[proxied_ms]:-1e12} < 50") <50 ms"
+  print_allocs
   echo
-  echo "ready = $(kv "$RAW/startup.txt" signal) (port accepting, or the 'listening on' line if printed first); min/max $(kv "$RAW/startup.txt" startup_ms_min)/$(kv "$RAW/startup.txt" startup_ms_max) ms."
+  echo "Ratios:"
+  rline "musl rps / glibc rps, 64 conns:" "$(ratio "$krm_rps" "$kr_rps")"
+  rline "musl p99 / glibc p99, 64 conns:" "$(ratio "${W[c64,keyrelay-musl,p99_us]}" "${W[c64,keyrelay,p99_us]}")"
+  rline "musl peak RSS / glibc peak RSS, after (1):" "$(ratio "${RSS_PEAK[keyrelay-musl]}" "${RSS_PEAK[keyrelay]}")"
+  rline "musl p99 / glibc p99, $STREAMS streams:" "event delay $(ratio "${S[keyrelay-musl,delay_p99_ms]}" "${S[keyrelay,delay_p99_ms]}"), first event $(ratio "${S[keyrelay-musl,first_event_p99_ms]}" "${S[keyrelay,first_event_p99_ms]}")"
+  rline "musl peak RSS / glibc peak RSS, $STREAMS streams:" "$(ratio "${S[keyrelay-musl,rss_peak_kib]}" "${S[keyrelay,rss_peak_kib]}")"
+  rline "glibc rps / nginx rps, 64 conns:" "$(ratio "$kr_rps" "$ngx_rps")"
+  print_peers
+  echo
+  echo "ready = $(kv "$RAW/startup-keyrelay.txt" signal) (port accepting, or the 'listening on' line if printed first); min/max $(kv "$RAW/startup-keyrelay.txt" startup_ms_min)/$(kv "$RAW/startup-keyrelay.txt" startup_ms_max) ms (musl $(kv "$RAW/startup-keyrelay-musl.txt" startup_ms_min)/$(kv "$RAW/startup-keyrelay-musl.txt" startup_ms_max) ms)."
   echo "Event delay = client read time - upstream write time, per event ($((STREAMS * EVENTS)) events per column); first event = request sent to first event read."
-  echo "Streams are opened evenly over ${STREAM_RAMP_MS} ms; RSS from /proc/<pid>/status (VmRSS, VmHWM; kernel RSS counters are approximate)."
+  echo "Streams are opened evenly over ${STREAM_RAMP_MS} ms; RSS from /proc/<pid>/status (VmRSS, VmHWM; kernel RSS counters are approximate; nginx: summed over master and workers)."
   echo "CPU us/req = (utime + stime) over the c64 wrk run / requests (nginx: master + workers; ${CLK_TCK} ticks/s); ctx switches/req = voluntary + nonvoluntary over /proc/<pid>/task/*, / requests. Median of $ROUNDS."
-  echo "(7): $IDLE_CONNS idle connections (no byte sent) opened in ${IDLE[connect_ms]:-?} ms, keyrelay accepted ${IDLE[accepted]:-?} of them (its descriptors), connect errors ${IDLE[errors]:-?}; MAX_CONNECTIONS=$IDLE_MAX_CONNECTIONS, ulimit -n ${IDLE[nofile]:-?} (asked $IDLE_NOFILE), WORKERS=${KR_WORKERS:-default (${IDLE[workers]})}; request ms = one GET /health / one proxied POST (curl time_total) while they are held; keyrelay alive afterwards: ${IDLE[alive]}."
+  echo "(7), glibc only: $IDLE_CONNS idle connections (no byte sent) opened in ${IDLE[connect_ms]:-?} ms, keyrelay accepted ${IDLE[accepted]:-?} of them (its descriptors), connect errors ${IDLE[errors]:-?}; MAX_CONNECTIONS=$IDLE_MAX_CONNECTIONS, ulimit -n ${IDLE[nofile]:-?} (asked $IDLE_NOFILE), WORKERS=${KR_WORKERS:-default (${IDLE[workers]})}; request ms = one GET /health / one proxied POST (curl time_total) while they are held; keyrelay alive afterwards: ${IDLE[alive]}."
 }
 
 nginx_version() { "$(command -v nginx || echo /usr/sbin/nginx)" -v 2>&1 | sed 's/.*nginx\///'; }
@@ -788,47 +915,64 @@ main() {
   install_tools
   raise_fd_limit
   check_ports
+  local started=$SECONDS
+  install_peers
+  INSTALL_S=$((SECONDS - started))
   build
-  write_wrk_script
+  write_wrk_script "$TMP/post.lua" "$BODY" "Authorization: Bearer sk-client-placeholder"
   write_upstream_conf
   write_proxy_conf
 
-  log "starting the stand-in upstream (nginx), the reference proxy (nginx), keyrelay"
+  log "starting the stand-in upstream (nginx), the reference proxy (nginx), keyrelay (glibc and musl)"
   start_nginx "$TMP/nginx-upstream" "$P_UP"
   start_sse_upstream
   start_nginx "$TMP/nginx-proxy" "$P_NGX"
   PROXY_PID[nginx]=$NGX_PID
   port_open "$P_NGX_SSE" || die "nginx SSE proxy port $P_NGX_SSE not listening"
   start_keyrelay keyrelay "$P_KR" "$P_UP" "$KR_WORKERS"
-  local kr=$KR_PID
-  PROXY_PID[keyrelay]=$kr
-  sleep 0.5 # let it finish starting its workers: idle means settled, not half-started
-  RSS_IDLE=$(status_kib "$kr" VmRSS)
+  PROXY_PID[keyrelay]=$KR_PID
+  KR_START_BIN=$KRM_BIN start_keyrelay keyrelay-musl "$P_KRM" "$P_UP" "$KR_WORKERS"
+  PROXY_PID[keyrelay-musl]=$KR_PID
+  sleep 0.5 # let them finish starting their workers: idle means settled, not half-started
+  local target
+  RSS_IDLE[nginx]=$(tree_kib "${PROXY_PID[nginx]}" VmRSS)
+  for target in "${KEYRELAYS[@]}"; do RSS_IDLE[$target]=$(status_kib "${PROXY_PID[$target]}" VmRSS); done
   wait_for_quiet
 
-  local target
   for target in "${TARGETS[@]}"; do smoke "${URL[$target]}"; done
   log "warm-up: 1 s of wrk -c64 per target"
   for target in "${TARGETS[@]}"; do run_wrk warmup "$target" 2 64 1; done
 
   measure_wrk c64 2 64
   starvation_test
-  RSS_PEAK=$(status_kib "$kr" VmHWM)
+  RSS_PEAK[nginx]=$(tree_kib "${PROXY_PID[nginx]}" VmHWM)
+  for target in "${KEYRELAYS[@]}"; do
+    RSS_PEAK[$target]=$(status_kib "${PROXY_PID[$target]}" VmHWM)
+    W[c64,$target,threads]=$(status_kib "${PROXY_PID[$target]}" Threads)
+  done
   measure_wrk c1 1 1
 
   measure_bulk
-  RSS_PEAK_BULK=$(status_kib "$kr" VmHWM)
+  for target in "${KEYRELAYS[@]}"; do RSS_PEAK_BULK[$target]=$(status_kib "${PROXY_PID[$target]}" VmHWM); done
 
+  # The streams: a fresh keyrelay per column, started before the first stream test.
+  local -A sse_pid=()
   start_keyrelay keyrelay-streams "$P_KR_SSE" "$P_SSE" "$STREAM_WORKERS"
-  local kr_sse=$KR_PID
+  sse_pid[keyrelay]=$KR_PID
+  KR_START_BIN=$KRM_BIN start_keyrelay keyrelay-musl-streams "$P_KRM_SSE" "$P_SSE" "$STREAM_WORKERS"
+  sse_pid[keyrelay-musl]=$KR_PID
   sleep 0.5
-  RSS_SSE_IDLE=$(status_kib "$kr_sse" VmRSS)
+  for target in "${KEYRELAYS[@]}"; do RSS_SSE_IDLE[$target]=$(status_kib "${sse_pid[$target]}" VmRSS); done
   stream_test direct "$P_SSE" /v1/chat/completions
   stream_test nginx "$P_NGX_SSE" "$CHAT"
-  stream_test keyrelay "$P_KR_SSE" "$CHAT" "$kr_sse"
+  stream_test keyrelay "$P_KR_SSE" "$CHAT" "${sse_pid[keyrelay]}"
+  stream_test keyrelay-musl "$P_KRM_SSE" "$CHAT" "${sse_pid[keyrelay-musl]}"
 
-  startup_test
+  startup_test keyrelay "$KR_BIN"
+  startup_test keyrelay-musl "$KRM_BIN"
   idle_test
+  alloc_test
+  measure_peers
   BUSY_AFTER=$(cpu_busy_pct 1)
 
   ensure_alive
@@ -837,7 +981,7 @@ main() {
   ((lines == 0)) || log "keyrelay wrote $lines line(s) to stderr at LOG_LEVEL=warn; see $RAW/keyrelay*-stderr.log"
 
   print_table | tee "$OUT/last.txt"
-  echo "total time $(elapsed_s) s, of which building ${BUILD_S} s" | tee -a "$OUT/last.txt"
+  echo "total time $(elapsed_s) s, of which building ${BUILD_S} s, installing peers ${INSTALL_S} s" | tee -a "$OUT/last.txt"
 }
 
 main "$@"

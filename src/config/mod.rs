@@ -111,7 +111,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "UPSTREAM_TIMEOUT_SECS",
         default: "300",
-        meaning: "longest wait for upstream response headers, and longest silence in its body",
+        meaning: "longest silence from the upstream: waiting for its response headers, or between body reads",
     },
     Setting {
         name: "COOLDOWN_SECS",
