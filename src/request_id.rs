@@ -1,6 +1,7 @@
 //! Request ids: the client's own `X-Request-Id` when it is a sane token, otherwise one made
 //! here, unique for the process's life and unlikely to collide across restarts.
 
+use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -35,7 +36,10 @@ impl RequestIds {
     /// A new id such as `kr-1a2b3c4d-42`.
     pub fn next(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
-        format!("kr-{:08x}-{n}", self.prefix)
+        // Sized for the longest id (kr-, 8 hex digits, -, 20 digits): one allocation.
+        let mut id = String::with_capacity(32);
+        let _ = write!(id, "kr-{:08x}-{n}", self.prefix);
+        id
     }
 }
 

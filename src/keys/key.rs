@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use ureq::http::HeaderValue;
+
 /// A secret API key. `Display` and `Debug` print only its mask; the secret is reachable only
 /// through [`ApiKey::secret`], which the request builder calls to inject it.
 #[derive(Clone, PartialEq, Eq)]
@@ -9,6 +11,10 @@ pub struct ApiKey {
     secret: String,
     /// The mask, made once: every answer's log line names its key.
     masked: String,
+    /// The key as header values (`Bearer <key>` and bare), made once and marked sensitive:
+    /// a clone per request shares their bytes instead of allocating new ones.
+    bearer: Option<HeaderValue>,
+    bare: Option<HeaderValue>,
 }
 
 impl ApiKey {
@@ -16,7 +22,28 @@ impl ApiKey {
     pub fn new(secret: impl Into<String>) -> Self {
         let secret = secret.into();
         let masked = mask_secret(&secret);
-        ApiKey { secret, masked }
+        let sensitive = |text: &str| {
+            HeaderValue::from_str(text).ok().map(|mut value| {
+                value.set_sensitive(true);
+                value
+            })
+        };
+        ApiKey {
+            bearer: sensitive(&format!("Bearer {secret}")),
+            bare: sensitive(&secret),
+            secret,
+            masked,
+        }
+    }
+
+    /// `Bearer <key>`, for the `Authorization` header (`None` if the key cannot be a header).
+    pub(crate) fn bearer_header(&self) -> Option<HeaderValue> {
+        self.bearer.clone()
+    }
+
+    /// The bare key as a header value (`None` if it cannot be one).
+    pub(crate) fn bare_header(&self) -> Option<HeaderValue> {
+        self.bare.clone()
     }
 
     /// The key itself, for the upstream request only.

@@ -17,7 +17,7 @@ use super::upstream::{self, CallFailure};
 use crate::config::{QUOTA_BENCH, REJECTED_KEY_BENCH};
 use crate::error::ProxyError;
 use crate::headers::forward_request_header;
-use crate::keys::{AttemptClass, BenchReason, HeadroomReport};
+use crate::keys::{ApiKey, AttemptClass, BenchReason, HeadroomReport};
 use crate::provider::{AuthStyle, Provider};
 use crate::proxy::Proxy;
 use crate::respond::answer::{Answer, SavedAnswer};
@@ -65,7 +65,7 @@ impl<'a> UpstreamRequest<'a> {
     /// The headers for one attempt: the client's end-to-end ones but its credentials, keyrelay's
     /// request id, and the pool key. Built per attempt (most requests make one): a map built
     /// once and cloned would cost more allocations than it saves.
-    pub(crate) fn headers_with_key(&self, provider: &Provider, key: &str) -> HeaderMap {
+    pub(crate) fn headers_with_key(&self, provider: &Provider, key: &ApiKey) -> HeaderMap {
         let mut headers = HeaderMap::with_capacity(self.incoming.headers().count() + 2);
         for (name, value) in self.incoming.headers() {
             if !forward_request_header(name, &[]) || provider.is_credential_header(name) {
@@ -100,21 +100,17 @@ pub(crate) fn uri_with_key(url: &str, provider: &Provider, key: &str) -> Option<
 }
 
 /// `headers` with the pool key added the way the provider takes it (none for query-style).
-pub(crate) fn with_key(mut headers: HeaderMap, provider: &Provider, key: &str) -> HeaderMap {
+pub(crate) fn with_key(mut headers: HeaderMap, provider: &Provider, key: &ApiKey) -> HeaderMap {
     let injected = match &provider.auth {
-        AuthStyle::Bearer => Some((
-            HeaderName::from_static("authorization"),
-            format!("Bearer {key}"),
-        )),
+        AuthStyle::Bearer => key
+            .bearer_header()
+            .map(|value| (HeaderName::from_static("authorization"), value)),
         AuthStyle::Header(name) => HeaderName::from_bytes(name.as_bytes())
             .ok()
-            .map(|name| (name, key.to_string())),
+            .zip(key.bare_header()),
         AuthStyle::Query(_) => None,
     };
-    if let Some((name, value)) = injected
-        && let Ok(mut value) = HeaderValue::from_str(&value)
-    {
-        value.set_sensitive(true);
+    if let Some((name, value)) = injected {
         headers.insert(name, value);
     }
     headers
@@ -207,7 +203,7 @@ pub(crate) fn try_round(
                 attempts: *attempts,
             });
         };
-        let headers = upstream.headers_with_key(provider, key.secret());
+        let headers = upstream.headers_with_key(provider, key);
         let sent_body = upstream.has_body.then_some(body);
         // Every way of getting no answer counts as unreachable for this key's counters.
         let called = upstream::call(&proxy.agent, &upstream.method, uri, headers, sent_body)

@@ -79,8 +79,9 @@ fn probe(
         .trim_start_matches('/')
         .split_once('?')
         .unwrap_or((path.trim_start_matches('/'), ""));
-    let key = provider.pool.key(index).secret();
-    let Some(uri) = uri_with_key(&provider.upstream_url(rest, query), provider, key) else {
+    let key = provider.pool.key(index);
+    let Some(uri) = uri_with_key(&provider.upstream_url(rest, query), provider, key.secret())
+    else {
         return KeyVerdict::Unexpected(0);
     };
     let headers = with_key(headers, provider, key);
