@@ -1,6 +1,8 @@
 //! The two buffers of one upstream connection, allocated zeroed by the allocator when the
 //! connection opens: pages nobody writes stay untouched, so a stream whose head and events are
 //! small costs a few pages, not the whole size (ureq's own buffers write every byte of both).
+//! Output ureq has handed over but that is not sent yet stays at the front of the output buffer
+//! and ureq writes after it, so a request's head and body leave in one send.
 
 use ureq::unversioned::transport::Buffers;
 
@@ -12,6 +14,8 @@ const MIN_TMP_ROOM: usize = 10 * 1024;
 #[derive(Debug)]
 pub(super) struct LinkBuffers {
     output: Vec<u8>,
+    /// Bytes at the front of `output` handed over for sending but not sent yet.
+    unsent: usize,
     input: Vec<u8>,
     filled: usize,
     consumed: usize,
@@ -23,11 +27,35 @@ impl LinkBuffers {
     pub(super) fn new(input_size: usize, output_size: usize) -> LinkBuffers {
         LinkBuffers {
             output: vec![0; output_size],
+            unsent: 0,
             input: vec![0; input_size],
             filled: 0,
             consumed: 0,
             progress: false,
         }
+    }
+
+    /// Marks the next `amount` bytes ureq wrote as handed over for sending.
+    pub(super) fn hand_over(&mut self, amount: usize) {
+        self.unsent += amount;
+        assert!(
+            self.unsent <= self.output.len(),
+            "handed over more than written"
+        );
+    }
+
+    /// The output handed over and not sent yet.
+    pub(super) fn unsent(&self) -> &[u8] {
+        &self.output[..self.unsent]
+    }
+
+    /// Whether so much waits that ureq's room to write is getting short: send it now.
+    pub(super) fn unsent_is_large(&self) -> bool {
+        self.unsent > self.output.len() / 2
+    }
+
+    pub(super) fn mark_sent(&mut self) {
+        self.unsent = 0;
     }
 
     /// Moves unconsumed bytes to the front once they are all consumed or past half the buffer.
@@ -48,7 +76,7 @@ impl LinkBuffers {
 
 impl Buffers for LinkBuffers {
     fn output(&mut self) -> &mut [u8] {
-        &mut self.output
+        &mut self.output[self.unsent..]
     }
 
     fn input(&self) -> &[u8] {
@@ -80,7 +108,10 @@ impl Buffers for LinkBuffers {
         if free < MIN_TMP_ROOM {
             self.input.resize(self.filled + MIN_TMP_ROOM, 0);
         }
-        (&mut self.input[self.filled..], &mut self.output)
+        (
+            &mut self.input[self.filled..],
+            &mut self.output[self.unsent..],
+        )
     }
 
     fn can_use_input(&self) -> bool {
@@ -115,6 +146,21 @@ mod tests {
             "all consumed: the whole buffer is free"
         );
         assert!(b.input().is_empty());
+    }
+
+    #[test]
+    fn handed_over_output_stays_in_front_until_sent() {
+        let mut b = LinkBuffers::new(16, 8);
+        b.output()[..3].copy_from_slice(b"GET");
+        b.hand_over(3);
+        assert_eq!(b.output().len(), 5, "ureq writes after what waits");
+        b.output()[..2].copy_from_slice(b" /");
+        b.hand_over(2);
+        assert_eq!(b.unsent(), b"GET /");
+        assert!(b.unsent_is_large(), "5 of 8 bytes wait");
+        b.mark_sent();
+        assert_eq!(b.output().len(), 8);
+        assert!(b.unsent().is_empty());
     }
 
     #[test]

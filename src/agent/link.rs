@@ -2,7 +2,9 @@
 //! upstream is https, is layered on top by ureq's rustls connector). It does what ureq's own
 //! TCP connector does, with less work per request: a pooled connection is checked with one
 //! non-blocking peek (ureq's makes three system calls, twice per request), a timeout is set on
-//! the socket only when it changes, and the buffers are [`LinkBuffers`].
+//! the socket only when it changes, a request's head and body go out in one send (ureq sends
+//! each part as it is written; they leave when ureq turns to wait for the answer), and the
+//! buffers are [`LinkBuffers`].
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -114,6 +116,28 @@ fn time_left(timeout: NextTimeout) -> Result<Option<Duration>, Error> {
     Ok(timeout.not_zero().map(|t| *t))
 }
 
+impl Link {
+    /// Sends the output ureq handed over, if any.
+    fn send_unsent(&mut self, timeout: NextTimeout) -> Result<(), Error> {
+        if self.buffers.unsent().is_empty() {
+            return Ok(());
+        }
+        let timeout = timeout.for_write();
+        let left = time_left(timeout)?;
+        let stream = &*self.stream;
+        update_timeout(&mut self.write_timeout, left, |t| {
+            stream.set_write_timeout(t)
+        })?;
+        let sent = (&*self.stream).write_all(self.buffers.unsent());
+        self.buffers.mark_sent();
+        match sent {
+            Ok(()) => Ok(()),
+            Err(e) if timed_out(&e) => Err(Error::Timeout(timeout.reason)),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 /// Sets a socket timeout unless it already has that value.
 fn update_timeout(
     current: &mut Option<Duration>,
@@ -132,21 +156,19 @@ impl Transport for Link {
         &mut self.buffers
     }
 
+    /// Takes what ureq wrote; it is sent together with what follows it, when ureq next waits
+    /// for input, or now if it fills half the buffer.
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), Error> {
-        let timeout = timeout.for_write();
-        let left = time_left(timeout)?;
-        let stream = &*self.stream;
-        update_timeout(&mut self.write_timeout, left, |t| {
-            stream.set_write_timeout(t)
-        })?;
-        match (&*self.stream).write_all(&self.buffers.output()[..amount]) {
-            Ok(()) => Ok(()),
-            Err(e) if timed_out(&e) => Err(Error::Timeout(timeout.reason)),
-            Err(e) => Err(e.into()),
+        self.buffers.hand_over(amount);
+        if self.buffers.unsent_is_large() {
+            self.send_unsent(timeout)?;
         }
+        Ok(())
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, Error> {
+        // Everything ureq handed over goes before waiting for the answer to it.
+        self.send_unsent(timeout)?;
         let timeout = timeout.for_read();
         let left = time_left(timeout)?;
         let stream = &*self.stream;
