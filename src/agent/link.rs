@@ -45,6 +45,7 @@ impl<In: Transport> Connector<In> for LinkConnector {
             buffers: LinkBuffers::new(config.input_buffer_size(), config.output_buffer_size()),
             read_timeout: None,
             write_timeout: None,
+            just_read: false,
         })))
     }
 }
@@ -106,6 +107,8 @@ pub(super) struct Link {
     /// The socket's current timeouts, so that an unchanged one costs no system call.
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
+    /// Set by a read, cleared by the next probe: see [`Link::is_open`].
+    just_read: bool,
 }
 
 /// The time left for an operation, or the timeout error if none is.
@@ -187,12 +190,19 @@ impl Transport for Link {
             Err(e) => return Err(e.into()),
         };
         self.buffers.input_appended(amount);
+        self.just_read = true;
         Ok(amount > 0)
     }
 
     /// Whether a pooled connection may be used again: nothing to read yet (bytes the upstream
-    /// sent unasked, or its close, mean no).
+    /// sent unasked, or its close, mean no). ureq asks twice per request: as the connection
+    /// goes back to its pool, the moment its answer has been read, and as the next request takes
+    /// it out. Only the second look can see what the upstream did meanwhile, and it sees
+    /// everything the first would have, so the first costs no system call.
     fn is_open(&mut self) -> bool {
+        if std::mem::take(&mut self.just_read) {
+            return true;
+        }
         let mut byte = 0u8;
         // SAFETY: a one-byte peek into a live local; the fd is owned by `self.stream`.
         let got = unsafe {
