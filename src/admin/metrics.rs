@@ -17,8 +17,8 @@ pub const QUEUE_WAIT_BUCKETS: [f64; 11] = [
     0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0,
 ];
 
-/// Distinct route labels kept; later routes count as `other`, so odd paths cannot bloat the
-/// metrics without bound.
+/// Distinct (provider, route) pairs kept, each with one series per status class seen; later
+/// routes count as `other`, so odd paths cannot bloat the metrics without bound.
 const MAX_ROUTES: usize = 200;
 
 /// A duration histogram.

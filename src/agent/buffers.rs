@@ -11,7 +11,6 @@ use ureq::unversioned::transport::Buffers;
 const MIN_TMP_ROOM: usize = 10 * 1024;
 
 /// Output (a whole request head) and input (response bytes, consumed from the front).
-#[derive(Debug)]
 pub(super) struct LinkBuffers {
     output: Vec<u8>,
     /// Bytes at the front of `output` handed over for sending but not sent yet.
@@ -21,6 +20,18 @@ pub(super) struct LinkBuffers {
     consumed: usize,
     /// Whether the last consume took bytes: unconsumed input is only worth parsing again then.
     progress: bool,
+}
+
+/// Sizes only: the output holds request heads, and with them the key.
+impl std::fmt::Debug for LinkBuffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkBuffers")
+            .field("output", &self.output.len())
+            .field("unsent", &self.unsent)
+            .field("input", &self.input.len())
+            .field("unconsumed", &(self.filled - self.consumed))
+            .finish()
+    }
 }
 
 impl LinkBuffers {

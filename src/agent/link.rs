@@ -6,6 +6,7 @@
 //! each part as it is written; they leave when ureq turns to wait for the answer), and the
 //! buffers are [`LinkBuffers`].
 
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
@@ -74,7 +75,14 @@ fn connect_any(addrs: &[SocketAddr], timeout: NextTimeout) -> Result<TcpStream, 
             Err(e) => return Err(e.into()),
         }
     }
-    Err(last.unwrap_or(Error::Timeout(timeout.reason)))
+    Err(last.unwrap_or_else(|| {
+        if addrs.is_empty() {
+            io::Error::new(io::ErrorKind::ConnectionRefused, "no address to connect to").into()
+        } else {
+            // The budget ran out before the next address was tried.
+            Error::Timeout(timeout.reason)
+        }
+    }))
 }
 
 /// Errors after which the next resolved address may still work (ureq's rule: refused, or no
@@ -99,7 +107,6 @@ fn timed_out(e: &io::Error) -> bool {
 }
 
 /// One upstream TCP connection.
-#[derive(Debug)]
 pub(super) struct Link {
     /// Shared (weakly) with ureq's shutdown registry, which may shut it down mid-call.
     stream: Arc<TcpStream>,
@@ -141,6 +148,15 @@ impl Link {
     }
 }
 
+/// Names the peer only: the buffers hold request heads, and with them the key.
+impl fmt::Debug for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Link")
+            .field("peer", &self.stream.peer_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Sets a socket timeout unless it already has that value.
 fn update_timeout(
     current: &mut Option<Duration>,
@@ -157,6 +173,16 @@ fn update_timeout(
 impl Transport for Link {
     fn buffers(&mut self) -> &mut dyn Buffers {
         &mut self.buffers
+    }
+
+    /// ureq skips waiting when the input already holds what it needs (e.g. an answer that came
+    /// with a 100 Continue): what it handed over must go out then too, before the next request.
+    fn maybe_await_input(&mut self, timeout: NextTimeout) -> Result<bool, Error> {
+        self.send_unsent(timeout)?;
+        if self.buffers.can_use_input() {
+            return Ok(true);
+        }
+        self.await_input(timeout)
     }
 
     /// Takes what ureq wrote; it is sent together with what follows it, when ureq next waits
@@ -176,11 +202,22 @@ impl Transport for Link {
         let left = time_left(timeout)?;
         let stream = &*self.stream;
         update_timeout(&mut self.read_timeout, left, |t| stream.set_read_timeout(t))?;
+        let started = Instant::now();
+        let read_timeout = &mut self.read_timeout;
         let room = self.buffers.input_append_buf();
         let read = loop {
-            // A signal interrupts a read with a socket timeout even under SA_RESTART.
             match (&*self.stream).read(room) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // A signal interrupts a read with a socket timeout even under SA_RESTART: read
+                // again for what is left of the timeout, so signals cannot extend it.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    if let Some(total) = left {
+                        let rest = total.saturating_sub(started.elapsed());
+                        if rest.is_zero() {
+                            return Err(Error::Timeout(timeout.reason));
+                        }
+                        update_timeout(read_timeout, Some(rest), |t| stream.set_read_timeout(t))?;
+                    }
+                }
                 other => break other,
             }
         };
@@ -200,6 +237,10 @@ impl Transport for Link {
     /// it out. Only the second look can see what the upstream did meanwhile, and it sees
     /// everything the first would have, so the first costs no system call.
     fn is_open(&mut self) -> bool {
+        if !self.buffers.unsent().is_empty() {
+            // Bytes of a request not sent: the connection is mid-request, never reusable.
+            return false;
+        }
         if std::mem::take(&mut self.just_read) {
             return true;
         }
