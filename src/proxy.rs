@@ -105,7 +105,8 @@ pub fn routes(providers: &[Provider]) -> Vec<String> {
     providers.iter().map(|p| format!("/{}/*", p.name)).collect()
 }
 
-fn build_providers(config: &Config) -> Vec<Provider> {
+/// One provider per configured one, in order, each with its key pool.
+pub(crate) fn build_providers(config: &Config) -> Vec<Provider> {
     config
         .providers
         .iter()

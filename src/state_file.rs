@@ -57,6 +57,9 @@ pub fn render(proxy: &Proxy, now: Instant, wall_now: SystemTime) -> String {
     let mut out = format!("{HEADER}\n");
     for provider in proxy.providers().iter() {
         for (index, snap) in provider.pool.snapshot(now).into_iter().enumerate() {
+            if !snap.disabled && snap.benches.is_empty() {
+                continue; // nothing to keep: no hash to compute (this runs every second)
+            }
             let id = key_id(provider.pool.key(index));
             if snap.disabled {
                 let _ = writeln!(out, "{} {id} disabled", provider.name);
@@ -128,13 +131,18 @@ pub fn apply(
         entries.push(entry);
     }
     let providers = proxy.providers();
+    // Each key's id, hashed once, by provider.
+    let ids: Vec<Vec<String>> = providers
+        .iter()
+        .map(|p| (0..p.pool.len()).map(|i| key_id(p.pool.key(i))).collect())
+        .collect();
     let mut restored = 0;
     for (name, id, entry) in entries {
-        let Some(provider) = providers.iter().find(|p| p.name == name) else {
+        let Some(at) = providers.iter().position(|p| p.name == name) else {
             continue;
         };
-        let Some(index) = (0..provider.pool.len()).find(|&i| key_id(provider.pool.key(i)) == id)
-        else {
+        let provider = &providers[at];
+        let Some(index) = ids[at].iter().position(|known| *known == id) else {
             continue; // a key no longer configured
         };
         match entry {

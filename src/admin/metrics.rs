@@ -62,13 +62,17 @@ pub type RequestCounts = HashMap<(String, String, String), u64>;
 /// Counts per status class (index = status / 100) of one route.
 type ClassCounts = [u64; 10];
 
+/// One provider's counters.
+struct ProviderCounts {
+    /// By route: looked up by `&str`, so a request on a known route allocates nothing.
+    routes: HashMap<String, ClassCounts>,
+    durations: Histogram,
+}
+
 struct State {
-    /// By provider, then route: looked up by `&str`, so a request that lands on a known route
-    /// allocates nothing.
-    requests: HashMap<String, HashMap<String, ClassCounts>>,
-    /// Distinct (provider, route) pairs in `requests`.
+    providers: HashMap<String, ProviderCounts>,
+    /// Distinct (provider, route) pairs counted.
     routes: usize,
-    durations: HashMap<String, Histogram>,
     queue_wait: Histogram,
 }
 
@@ -82,9 +86,8 @@ impl Default for Metrics {
     fn default() -> Metrics {
         Metrics {
             state: Mutex::new(State {
-                requests: HashMap::new(),
+                providers: HashMap::new(),
                 routes: 0,
-                durations: HashMap::new(),
                 queue_wait: Histogram::new(&QUEUE_WAIT_BUCKETS),
             }),
             workers_busy: AtomicUsize::new(0),
@@ -98,29 +101,26 @@ impl Metrics {
         let class = usize::from(status / 100).min(9);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let State {
-            requests, routes, ..
+            providers, routes, ..
         } = &mut *state;
-        if !requests.contains_key(provider) {
-            requests.insert(provider.to_string(), HashMap::new());
+        if !providers.contains_key(provider) {
+            let fresh = ProviderCounts {
+                routes: HashMap::new(),
+                durations: Histogram::new(&DURATION_BUCKETS),
+            };
+            providers.insert(provider.to_string(), fresh);
         }
-        let by_route = requests.get_mut(provider).expect("inserted above");
-        match by_route.get_mut(route) {
-            Some(counts) => counts[class] += 1,
+        let counts = providers.get_mut(provider).expect("inserted above");
+        counts.durations.observe(elapsed.as_secs_f64());
+        match counts.routes.get_mut(route) {
+            Some(classes) => classes[class] += 1,
             None => {
                 let label = if *routes < MAX_ROUTES { route } else { "other" };
-                let counts = by_route.entry(label.to_string()).or_insert_with(|| {
+                let classes = counts.routes.entry(label.to_string()).or_insert_with(|| {
                     *routes += 1;
                     ClassCounts::default()
                 });
-                counts[class] += 1;
-            }
-        }
-        match state.durations.get_mut(provider) {
-            Some(histogram) => histogram.observe(elapsed.as_secs_f64()),
-            None => {
-                let mut histogram = Histogram::new(&DURATION_BUCKETS);
-                histogram.observe(elapsed.as_secs_f64());
-                state.durations.insert(provider.to_string(), histogram);
+                classes[class] += 1;
             }
         }
     }
@@ -146,10 +146,10 @@ impl Metrics {
     pub fn snapshot(&self) -> (RequestCounts, HashMap<String, Histogram>, Histogram) {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let requests = state
-            .requests
+            .providers
             .iter()
-            .flat_map(|(provider, by_route)| {
-                by_route.iter().flat_map(move |(route, counts)| {
+            .flat_map(|(provider, counts)| {
+                counts.routes.iter().flat_map(move |(route, counts)| {
                     counts
                         .iter()
                         .enumerate()
@@ -160,7 +160,12 @@ impl Metrics {
                 })
             })
             .collect();
-        (requests, state.durations.clone(), state.queue_wait.clone())
+        let durations = state
+            .providers
+            .iter()
+            .map(|(provider, counts)| (provider.clone(), counts.durations.clone()))
+            .collect();
+        (requests, durations, state.queue_wait.clone())
     }
 }
 

@@ -52,31 +52,29 @@ pub struct Rendered {
 
 /// keyrelay's own answer when `path` is one of its pages or under `/status/keys`: the page, or
 /// the error to answer (401 without a needed token, 404/405 for steering). `None` for any
-/// other path. `loopback`: the client is on this machine.
+/// other path. `loopback` says whether the client is on this machine; it is a system call, so
+/// it is asked only when the answer depends on it.
 pub fn answer_for<'a>(
     proxy: &Proxy,
     method: &str,
     path: &str,
     headers: impl Iterator<Item = (&'a str, &'a str)> + Clone,
     query: &str,
-    loopback: bool,
+    loopback: impl FnOnce() -> bool,
 ) -> Option<Result<Rendered, ProxyError>> {
     if steer::is_steering(path) {
-        let allowed = if proxy.access.required() {
-            proxy.access.allows(headers, query)
-        } else {
-            loopback
-        };
-        return Some(steer::steer(proxy, method, path, allowed));
+        let allowed = steer::allowed(proxy, headers, query, loopback);
+        return Some(allowed.and_then(|()| steer::steer(proxy, method, path)));
     }
     let page = Page::at(path)?;
-    let wants_html = headers
-        .clone()
-        .any(|(name, value)| name.eq_ignore_ascii_case("accept") && value.contains("text/html"));
+    let wants_html = page == Page::Status
+        && headers.clone().any(|(name, value)| {
+            name.eq_ignore_ascii_case("accept") && value.contains("text/html")
+        });
     if page.needs_token() && !proxy.access.allows(headers, query) {
         return Some(Err(ProxyError::Unauthorized));
     }
-    if page == Page::Status && wants_html {
+    if wants_html {
         return Some(Ok(Rendered {
             content_type: "text/html; charset=utf-8",
             body: status_page::render(proxy),

@@ -18,21 +18,29 @@ pub fn is_steering(path: &str) -> bool {
     path == PREFIX || path.starts_with("/status/keys/")
 }
 
-/// Carries out a steering request, or says why not; `allowed`: the caller brought a valid
-/// token (tokens required) or is on this machine (no tokens).
-pub fn steer(
+/// Whether the caller may steer: with a valid token when tokens are required, otherwise only
+/// from this machine (`loopback` is asked only then).
+pub fn allowed<'a>(
     proxy: &Proxy,
-    method: &str,
-    path: &str,
-    allowed: bool,
-) -> Result<Rendered, ProxyError> {
-    if !allowed {
-        return Err(if proxy.access.required() {
-            ProxyError::Unauthorized
-        } else {
-            ProxyError::LoopbackOnly
-        });
+    headers: impl Iterator<Item = (&'a str, &'a str)>,
+    query: &str,
+    loopback: impl FnOnce() -> bool,
+) -> Result<(), ProxyError> {
+    if proxy.access.required() {
+        if proxy.access.allows(headers, query) {
+            return Ok(());
+        }
+        return Err(ProxyError::Unauthorized);
     }
+    if loopback() {
+        Ok(())
+    } else {
+        Err(ProxyError::LoopbackOnly)
+    }
+}
+
+/// Carries out a steering request the caller is [`allowed`] to make, or says why not.
+pub fn steer(proxy: &Proxy, method: &str, path: &str) -> Result<Rendered, ProxyError> {
     let not_found = || ProxyError::NoSuchAdminPath {
         path: path.to_string(),
     };

@@ -13,10 +13,10 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use ureq::Error;
 use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, Either, NextTimeout, ShutdownHandle, Transport,
 };
+use ureq::{Error, Timeout};
 
 use super::buffers::LinkBuffers;
 
@@ -106,6 +106,15 @@ fn timed_out(e: &io::Error) -> bool {
     )
 }
 
+/// An I/O error as ureq's error: an expired socket timeout is the timeout `reason`.
+fn failure(e: io::Error, reason: Timeout) -> Error {
+    if timed_out(&e) {
+        Error::Timeout(reason)
+    } else {
+        e.into()
+    }
+}
+
 /// One upstream TCP connection.
 pub(super) struct Link {
     /// Shared (weakly) with ureq's shutdown registry, which may shut it down mid-call.
@@ -140,11 +149,7 @@ impl Link {
         })?;
         let sent = (&*self.stream).write_all(self.buffers.unsent());
         self.buffers.mark_sent();
-        match sent {
-            Ok(()) => Ok(()),
-            Err(e) if timed_out(&e) => Err(Error::Timeout(timeout.reason)),
-            Err(e) => Err(e.into()),
-        }
+        sent.map_err(|e| failure(e, timeout.reason))
     }
 }
 
@@ -221,11 +226,7 @@ impl Transport for Link {
                 other => break other,
             }
         };
-        let amount = match read {
-            Ok(n) => n,
-            Err(e) if timed_out(&e) => return Err(Error::Timeout(timeout.reason)),
-            Err(e) => return Err(e.into()),
-        };
+        let amount = read.map_err(|e| failure(e, timeout.reason))?;
         self.buffers.input_appended(amount);
         self.just_read = true;
         Ok(amount > 0)

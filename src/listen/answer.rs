@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::conn::AfterWrite;
+use super::conn::{AfterWrite, Conn};
 use super::head::Head;
 use crate::admin;
 use crate::error::ProxyError;
@@ -29,15 +29,18 @@ pub fn is_own_page(head: &Head) -> bool {
     admin::is_own(head.path()) && !head.chunked && head.content_length.unwrap_or(0) == 0
 }
 
-/// Renders one of keyrelay's own answers (see [`admin::answer_for`]) and logs it.
+/// Renders one of keyrelay's own answers (see [`admin::answer_for`]) to the request `head`
+/// at the start of `conn`'s buffer, and logs it.
 pub fn page(
     proxy: &Proxy,
-    buf: &[u8],
+    conn: &Conn,
     head: &Head,
-    (loopback, stopping): (bool, bool),
+    stopping: bool,
     scratch: &mut RelayBuffer,
 ) -> Own {
     let started = Instant::now();
+    let buf = &conn.buf;
+    let loopback = || conn.tcp.peer_addr().is_ok_and(|a| a.ip().is_loopback());
     let own = admin::answer_for(
         proxy,
         &head.method,

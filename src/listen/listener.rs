@@ -366,12 +366,11 @@ impl Listener {
                         )
                     } else if answer::is_own_page(&head) {
                         let stopping = self.front.is_stopping();
-                        let loopback = conn.tcp.peer_addr().is_ok_and(|a| a.ip().is_loopback());
                         let own = answer::page(
                             &self.front.proxy,
-                            &conn.buf,
+                            &conn,
                             &head,
-                            (loopback, stopping),
+                            stopping,
                             &mut self.relay,
                         );
                         conn.consume(head.len);

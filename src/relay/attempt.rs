@@ -11,7 +11,7 @@ use ureq::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
 use super::headroom::Headroom;
 use super::incoming::Incoming;
-use super::outcome::{MAX_COOLDOWN, Verdict, needs_body, rate_limit_cooldown, verdict};
+use super::outcome::{MAX_COOLDOWN, Verdict, cooldown_of, needs_body, verdict};
 use super::redact::{read_small, redact_location, redact_saved};
 use super::upstream::{self, CallFailure};
 use crate::config::{QUOTA_BENCH, REJECTED_KEY_BENCH};
@@ -267,14 +267,9 @@ pub(crate) fn try_round(
             }
             Verdict::RateLimited => {
                 pool.record(index, AttemptClass::RateLimited);
-                let retry_after = response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok());
-                let cooldown = rate_limit_cooldown(
-                    retry_after,
+                let cooldown = cooldown_of(
+                    response.headers(),
                     error_body.as_deref().unwrap_or_default(),
-                    SystemTime::now(),
                     proxy.limits.cooldown,
                 );
                 let reason = BenchReason::RateLimited;

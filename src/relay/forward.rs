@@ -80,9 +80,7 @@ pub(crate) fn handle(
             attempts: 0,
         },
         Ok(_) => {
-            // Only keyrelay's own pages ask where the client is (a system call).
-            let loopback =
-                admin::is_own(path) && conn.tcp.peer_addr().is_ok_and(|a| a.ip().is_loopback());
+            let loopback = || conn.tcp.peer_addr().is_ok_and(|a| a.ip().is_loopback());
             let query = head.query();
             decide(
                 proxy, &providers, &incoming, path, query, &client.id, loopback,
@@ -163,7 +161,7 @@ fn decide(
     path: &str,
     query: &str,
     request_id: &str,
-    loopback: bool,
+    loopback: impl FnOnce() -> bool,
 ) -> Answer {
     let local = |error, shape| Answer::Error {
         error,

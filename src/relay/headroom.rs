@@ -9,6 +9,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::outcome::seconds;
 use crate::utc::parse_rfc3339;
 
 /// One limit a key reported: how much is left and when the window resets.
@@ -141,7 +142,7 @@ pub fn parse_go_duration(text: &str) -> Option<Duration> {
         total += value * scale;
         rest = &rest[unit_len..];
     }
-    (total.is_finite() && total >= 0.0).then(|| Duration::from_secs_f64(total.min(1e9)))
+    seconds(total)
 }
 
 #[cfg(test)]

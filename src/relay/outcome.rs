@@ -3,6 +3,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use ureq::http::HeaderMap;
+
 use crate::json;
 use crate::utc::{next_pacific_midnight, parse_http_date};
 
@@ -64,6 +66,12 @@ pub const MAX_COOLDOWN: Duration = Duration::from_secs(48 * 3600);
 /// How long a 429 benches the key: `Retry-After` (seconds or HTTP date), else Gemini's
 /// `RetryInfo.retryDelay` in the error body, else until the next midnight US Pacific time for a
 /// Gemini per-day quota, else `default`.
+/// How long a 429 answer with `headers` and `body` benches its key, as of now.
+pub(crate) fn cooldown_of(headers: &HeaderMap, body: &[u8], default: Duration) -> Duration {
+    let retry_after = headers.get("retry-after").and_then(|v| v.to_str().ok());
+    rate_limit_cooldown(retry_after, body, SystemTime::now(), default)
+}
+
 pub fn rate_limit_cooldown(
     retry_after: Option<&str>,
     body: &[u8],
@@ -110,7 +118,7 @@ pub fn gemini_retry_delay(body: &[u8]) -> Option<Duration> {
 }
 
 /// A delay given in (possibly fractional) seconds; negative or non-finite ones are no delay.
-fn seconds(secs: f64) -> Option<Duration> {
+pub(crate) fn seconds(secs: f64) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)))
 }
 

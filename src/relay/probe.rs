@@ -4,15 +4,16 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use ureq::http::{HeaderMap, HeaderValue, Method};
 
 use super::attempt::{read_error_body, uri_with_key, with_key};
-use super::outcome::{Verdict, needs_body, rate_limit_cooldown, verdict};
+use super::outcome::{Verdict, cooldown_of, needs_body, verdict};
 use super::upstream::{self, CallFailure};
 use crate::config::{Config, ProviderConfig};
 use crate::provider::{ErrorShape, Provider};
+use crate::proxy::build_providers;
 
 /// Probes running at once.
 const PARALLEL: usize = 8;
@@ -102,16 +103,7 @@ fn probe(
         Verdict::KeyRejected => KeyVerdict::Invalid,
         Verdict::QuotaExhausted => KeyVerdict::QuotaExhausted,
         Verdict::RateLimited => {
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok());
-            KeyVerdict::RateLimited(rate_limit_cooldown(
-                retry_after,
-                &body,
-                SystemTime::now(),
-                cooldown,
-            ))
+            KeyVerdict::RateLimited(cooldown_of(response.headers(), &body, cooldown))
         }
         Verdict::Relay | Verdict::ServerError => KeyVerdict::Unexpected(status),
     }
@@ -121,20 +113,10 @@ fn probe(
 /// with keys has at least one usable one.
 pub fn run(config: &Config) -> bool {
     let agent = crate::agent::agent(config.connect_timeout, config.connect_timeout, PARALLEL);
-    let providers: Vec<(Provider, &ProviderConfig)> = config
-        .providers
-        .iter()
-        .filter(|p| !p.keys.is_empty())
-        .map(|p| {
-            let provider = Provider::new(
-                &p.name,
-                &p.base_url,
-                p.auth.clone(),
-                p.shape,
-                p.keys.clone(),
-            );
-            (provider, p)
-        })
+    let providers: Vec<(Provider, &ProviderConfig)> = build_providers(config)
+        .into_iter()
+        .zip(&config.providers)
+        .filter(|(provider, _)| !provider.pool.is_empty())
         .collect();
     let work: Vec<(usize, usize)> = providers
         .iter()
