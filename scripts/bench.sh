@@ -64,8 +64,9 @@ else
 fi
 EVENTS=20 EVENT_INTERVAL_MS=50 STALL_SECS=5
 # Streams open over this long, all still concurrent (each lasts >= 1 s): opening 1,000 in the same
-# instant overflows the stand-in's listen queue (std's backlog is 128), and the SYN retransmits
-# that follow would be measured instead of the proxy. Connection bursts are (1)'s check.
+# instant is a burst of connections, which is (1)'s check, not this one's. The stand-in listens
+# with a 4,096 backlog (std's 128 overflowed when a proxy's connections came faster than its
+# accept thread took them, and the SYN retransmit put a 1 s first event in the table).
 STREAM_RAMP_MS=500
 NGINX_WORKERS=${BENCH_NGINX_WORKERS:-auto}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-$((QUICK == 1 ? 0 : 60))}
