@@ -15,7 +15,8 @@
 #   (4) 1,000 concurrent SSE streams (opened over 0.5 s; 20 events, 50 ms apart) through each
 #       proxy, keyrelay with default settings (a fresh process per column): time to first event,
 #       per-event delay from the upstream's write to the client's read, stalled/failed streams,
-#       keyrelay's RSS and threads
+#       keyrelay's RSS and threads, each proxy's CPU time over its run and how busy the whole
+#       machine was meanwhile (the client and the stand-in share its CPUs)
 #   (5) a 1 GiB download through each proxy, MB/s
 #   (6) keyrelay's start-up time, spawn to ready (glibc and musl)
 #   (7) 10,000 idle keep-alive connections held open to keyrelay (glibc; MAX_CONNECTIONS=20000,
@@ -616,16 +617,31 @@ starvation_test() {
   done
 }
 
-# stream_test TARGET PORT PATH [PID]: 1,000 SSE streams; RESULT to $RAW/sse-TARGET.txt.
+# stream_test TARGET PORT PATH [PID [CPU_PID]]: 1,000 SSE streams; RESULT to $RAW/sse-TARGET.txt,
+# and to $RAW/sse-TARGET.cpu how busy the whole machine was meanwhile (client, stand-in and proxy
+# share its CPUs: near 100% the run measures the machine's queue, not the proxy) and the CPU time
+# of CPU_PID's tree (the proxy; PID when not given).
 stream_test() {
-  local target=$1 port=$2 path=$3 pid=${4:-}
+  local target=$1 port=$2 path=$3 pid=${4:-} cpu_pid=${5:-${4:-}}
   local watch=()
   [[ -n $pid ]] && watch=(--watch-pid "$pid")
   log "(4) $STREAMS concurrent SSE streams: $target"
-  local status=0
+  local status=0 stat_before stat_after use_before=(0 0) use_after=(0 0)
+  stat_before=$(head -1 /proc/stat)
+  [[ -n $cpu_pid ]] && read -r -a use_before <<<"$(proc_usage "$cpu_pid")"
   bounded 180 "$TOOL" client --addr "127.0.0.1:$port" --path "$path" --streams "$STREAMS" \
     --events "$EVENTS" --stall-secs "$STALL_SECS" --deadline-secs 90 --ramp-ms "$STREAM_RAMP_MS" "${watch[@]}" \
     >"$RAW/sse-$target.txt" 2>"$RAW/sse-$target.err" || status=$?
+  stat_after=$(head -1 /proc/stat)
+  [[ -n $cpu_pid ]] && read -r -a use_after <<<"$(proc_usage "$cpu_pid")"
+  awk -v a="$stat_before" -v b="$stat_after" -v t=$((use_after[0] - use_before[0])) -v hz="$CLK_TCK" \
+    -v proxy="$cpu_pid" 'BEGIN {
+    split(a, x); split(b, y)
+    for (i = 2; i <= 9; i++) total += y[i] - x[i]
+    idle = (y[5] - x[5]) + (y[6] - x[6])
+    printf "RESULT busy_pct=%.0f proxy_cpu_ms=%s\n", total ? 100 * (total - idle) / total : 0,
+      proxy == "" ? "-" : sprintf("%.0f", 1000 * t / hz)
+  }' >"$RAW/sse-$target.cpu"
   ensure_alive
   ((status == 0)) || die "stream client failed: $(tail -3 "$RAW/sse-$target.err")"
   sed 's/^/    /' "$RAW/sse-$target.err" >&2
@@ -863,6 +879,12 @@ print_table() {
     row "(4) ${label[$key]} ms" "${S[direct,$key]}" "${S[nginx,$key]}" "$v" "${S[keyrelay-musl,$key]}" \
       "$([[ $v =~ ^[0-9.]+$ && ${S[nginx,$key]} =~ ^[0-9.]+$ ]] && diff_ms "$v" "${S[nginx,$key]}")" "$goal"
   done
+  row "(4) proxy CPU ms over the streams" "-" "$(kv "$RAW/sse-nginx.cpu" proxy_cpu_ms)" \
+    "$(kv "$RAW/sse-keyrelay.cpu" proxy_cpu_ms)" "$(kv "$RAW/sse-keyrelay-musl.cpu" proxy_cpu_ms)" \
+    "$(ratio "$(kv "$RAW/sse-keyrelay.cpu" proxy_cpu_ms)" "$(kv "$RAW/sse-nginx.cpu" proxy_cpu_ms)")" "reported"
+  row "(4) machine CPU busy % over the streams" "$(kv "$RAW/sse-direct.cpu" busy_pct)" \
+    "$(kv "$RAW/sse-nginx.cpu" busy_pct)" "$(kv "$RAW/sse-keyrelay.cpu" busy_pct)" \
+    "$(kv "$RAW/sse-keyrelay-musl.cpu" busy_pct)" "" "reported"
   row "(4) RSS idle MiB, WORKERS=${STREAM_WORKERS:-default}" "-" "-" "$(fmt_mib "${RSS_SSE_IDLE[keyrelay]}")" \
     "$(fmt_mib "${RSS_SSE_IDLE[keyrelay-musl]}")" "" ""
   row "(4) RSS peak MiB during streams" "-" "-" "$(fmt_mib "${S[keyrelay,rss_peak_kib]}")" \
@@ -965,7 +987,7 @@ main() {
   sleep 0.5
   for target in "${KEYRELAYS[@]}"; do RSS_SSE_IDLE[$target]=$(status_kib "${sse_pid[$target]}" VmRSS); done
   stream_test direct "$P_SSE" /v1/chat/completions
-  stream_test nginx "$P_NGX_SSE" "$CHAT"
+  stream_test nginx "$P_NGX_SSE" "$CHAT" "" "${PROXY_PID[nginx]}"
   stream_test keyrelay "$P_KR_SSE" "$CHAT" "${sse_pid[keyrelay]}"
   stream_test keyrelay-musl "$P_KRM_SSE" "$CHAT" "${sse_pid[keyrelay-musl]}"
 
