@@ -86,7 +86,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "WORKERS",
         default: "1024",
-        meaning: "most requests (and streams) forwarded at once; threads start as needed, each busy one costs ~130 KiB",
+        meaning: "most requests (and streams) forwarded at once; threads start as needed, each busy one costs ~75 KiB",
     },
     Setting {
         name: "QUEUE_TIMEOUT_SECS",
