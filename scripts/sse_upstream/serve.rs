@@ -50,7 +50,12 @@ pub fn run(port: u16, plan: Plan) -> Result<(), String> {
     let addr = listener
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
-    widen_backlog(&listener).map_err(|e| format!("cannot widen the listen backlog: {e}"))?;
+    // keyrelay's own 4,096 backlog: with std's 128, when a proxy opened its upstream connections
+    // faster than this one thread accepted them for a moment, the kernel dropped the SYNs past
+    // 128 and those streams waited a second for the retry, which was measured as the proxy's
+    // delay. A real provider's edge does not drop connections at 2 a millisecond.
+    keyrelay::listen::widen_backlog(&listener)
+        .map_err(|e| format!("cannot widen the listen backlog: {e}"))?;
     eprintln!("sse-upstream listening on http://{addr}");
     let (streams, schedule) = mpsc::channel();
     thread::Builder::new()
@@ -68,23 +73,6 @@ pub fn run(port: u16, plan: Plan) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// Connections the kernel may queue for `accept()`, as keyrelay's own listener: std listens
-/// with 128, and when a proxy opens its upstream connections faster than this one thread
-/// accepts them for a moment, the kernel drops the SYNs past 128 and that stream waits a second
-/// for the retry, which would be measured as the proxy's delay. A real provider's edge does not
-/// drop connections at 2 a millisecond. The kernel caps it at net.core.somaxconn.
-const ACCEPT_BACKLOG: libc::c_int = 4096;
-
-fn widen_backlog(listener: &TcpListener) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: listen(2) on a descriptor `listener` owns for the whole call; on a socket that
-    // is already listening it only changes the backlog.
-    match unsafe { libc::listen(listener.as_raw_fd(), ACCEPT_BACKLOG) } {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
-    }
 }
 
 fn spawn_connection(stream: TcpStream, ticker: Sender<Stream>) {
