@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use log::{LevelFilter, Log, Metadata, Record};
 
 use crate::json::quote;
+use crate::request_log::REQUEST_TARGET;
 use crate::utc::format_rfc3339_millis;
 
 /// Set once at start when LOG_FORMAT=json: request lines are then rendered as JSON fields.
@@ -52,17 +53,7 @@ impl Log for JsonLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let text = record.args().to_string();
-        // A request line arrives already rendered as JSON members (see request_log.rs).
-        let body = match text.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
-            Some(members) if enabled() => members.to_string(),
-            _ => format!("\"message\":{}", quote(&text)),
-        };
-        let line = format!(
-            "{{\"time\":{},\"level\":{},{body}}}\n",
-            quote(&format_rfc3339_millis(SystemTime::now())),
-            quote(&record.level().to_string())
-        );
+        let line = render(record, SystemTime::now());
         for output in &self.outputs {
             let mut output = output.lock().unwrap_or_else(|p| p.into_inner());
             let _ = output.write_all(line.as_bytes());
@@ -73,5 +64,59 @@ impl Log for JsonLogger {
         for output in &self.outputs {
             let _ = output.lock().unwrap_or_else(|p| p.into_inner()).flush();
         }
+    }
+}
+
+/// One record as one JSON line. A request line arrives already rendered as JSON members (see
+/// request_log.rs) and is recognised by its target, never by its shape: any other message is
+/// quoted, so text that looks like JSON cannot add members to the line.
+fn render(record: &Record, now: SystemTime) -> String {
+    let text = record.args().to_string();
+    let members = (record.target() == REQUEST_TARGET)
+        .then(|| text.strip_prefix('{').and_then(|t| t.strip_suffix('}')))
+        .flatten();
+    let body = match members {
+        Some(members) => members.to_string(),
+        None => format!("\"message\":{}", quote(&text)),
+    };
+    format!(
+        "{{\"time\":{},\"level\":{},{body}}}\n",
+        quote(&format_rfc3339_millis(now)),
+        quote(&record.level().to_string())
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use log::Level;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn line(target: &str, text: &str) -> String {
+        let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        render(
+            &Record::builder()
+                .args(format_args!("{text}"))
+                .level(Level::Info)
+                .target(target)
+                .build(),
+            at,
+        )
+    }
+
+    #[test]
+    fn a_request_line_becomes_members() {
+        assert_eq!(
+            line(REQUEST_TARGET, r#"{"req":"r1","status":200}"#),
+            "{\"time\":\"2023-11-14T22:13:20.000Z\",\"level\":\"INFO\",\"req\":\"r1\",\"status\":200}\n"
+        );
+    }
+
+    #[test]
+    fn any_other_message_shaped_like_json_is_quoted() {
+        assert_eq!(
+            line("keyrelay::config", r#"{"level":"forged"}"#),
+            "{\"time\":\"2023-11-14T22:13:20.000Z\",\"level\":\"INFO\",\"message\":\"{\\\"level\\\":\\\"forged\\\"}\"}\n"
+        );
     }
 }

@@ -21,12 +21,17 @@ pub(crate) struct RequestLog<'a> {
     pub(crate) note: &'a str,
 }
 
+/// The log target of request lines: the JSON logger takes their text as ready-made members, and
+/// only theirs (any other message is quoted, whatever it looks like).
+pub(crate) const REQUEST_TARGET: &str = "keyrelay::request";
+
 impl RequestLog<'_> {
     pub(crate) fn write(&self) {
         if crate::json_log::enabled() {
-            return info!("{}", self.json_members());
+            return info!(target: REQUEST_TARGET, "{}", self.json_members());
         }
         info!(
+            target: REQUEST_TARGET,
             "req={} {} {} status={} attempts={} key={} ms={} queued_ms={}{}",
             self.id,
             self.method,
