@@ -10,8 +10,11 @@ use std::time::SystemTime;
 use log::{LevelFilter, Log, Metadata, Record};
 
 use crate::json::quote;
-use crate::request_log::REQUEST_TARGET;
 use crate::utc::format_rfc3339_millis;
+
+/// The log target of request lines (request_log.rs): this logger takes their text as ready-made
+/// members, and only theirs (any other message is quoted, whatever it looks like).
+pub(crate) const REQUEST_TARGET: &str = "keyrelay::request";
 
 /// Set once at start when LOG_FORMAT=json: request lines are then rendered as JSON fields.
 static JSON: AtomicBool = AtomicBool::new(false);

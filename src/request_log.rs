@@ -5,6 +5,7 @@ use std::time::Duration;
 use log::info;
 
 use crate::json::quote;
+use crate::json_log::REQUEST_TARGET;
 
 /// One request log line: `req=… METHOD /path status= attempts= key= ms= queued_ms=` and a note.
 pub(crate) struct RequestLog<'a> {
@@ -20,10 +21,6 @@ pub(crate) struct RequestLog<'a> {
     pub(crate) queued: Duration,
     pub(crate) note: &'a str,
 }
-
-/// The log target of request lines: the JSON logger takes their text as ready-made members, and
-/// only theirs (any other message is quoted, whatever it looks like).
-pub(crate) const REQUEST_TARGET: &str = "keyrelay::request";
 
 impl RequestLog<'_> {
     pub(crate) fn write(&self) {
