@@ -3,8 +3,8 @@
 
 use std::fmt;
 
+use crate::head_error::HeadError;
 use crate::json::quote;
-use crate::listen::HeadError;
 use crate::provider::ErrorShape;
 
 /// An answer keyrelay writes instead of relaying one from upstream.

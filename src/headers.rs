@@ -1,8 +1,6 @@
 //! Which headers cross the proxy. Hop-by-hop headers stay on their own connection; `host` and
 //! `content-length` are set by whoever frames the next hop; client credentials never travel.
 
-use crate::provider::is_client_credential_header;
-
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the framing headers each side sets itself.
 const NOT_FORWARDED: [&str; 11] = [
     "connection",
@@ -51,6 +49,19 @@ pub fn forward_request_header(name: &str, connection_tokens: &[String]) -> bool 
             .get(..11)
             .is_some_and(|prefix| prefix.eq_ignore_ascii_case("x-keyrelay-"))
 }
+
+/// Headers that carry a client's own credential; removed before the pool key is injected.
+pub const CLIENT_CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "x-goog-api-key", "x-api-key"];
+
+/// Whether `name` (any case) is one of [`CLIENT_CREDENTIAL_HEADERS`].
+pub fn is_client_credential_header(name: &str) -> bool {
+    CLIENT_CREDENTIAL_HEADERS
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Query parameter that carries a client's own credential (Gemini's `?key=`).
+pub const CLIENT_CREDENTIAL_PARAM: &str = "key";
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,7 @@
 //! The provider table: where each route prefix goes, how a key is injected, which client
 //! credentials are stripped, and the shape of the errors keyrelay writes in its name.
 
+use crate::headers::{CLIENT_CREDENTIAL_PARAM, is_client_credential_header};
 use crate::json;
 use crate::keys::{ApiKey, KeyPool};
 
@@ -25,19 +26,6 @@ pub enum ErrorShape {
     /// `{"type":"error","error":{"type","message"}}`.
     Anthropic,
 }
-
-/// Headers that carry a client's own credential; removed before the pool key is injected.
-pub const CLIENT_CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "x-goog-api-key", "x-api-key"];
-
-/// Whether `name` (any case) is one of [`CLIENT_CREDENTIAL_HEADERS`].
-pub fn is_client_credential_header(name: &str) -> bool {
-    CLIENT_CREDENTIAL_HEADERS
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
-}
-
-/// Query parameter that carries a client's own credential (Gemini's `?key=`).
-pub const CLIENT_CREDENTIAL_PARAM: &str = "key";
 
 /// One upstream API with its keys.
 pub struct Provider {

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use ureq::Agent;
 
-use crate::admin::metrics::Metrics;
 use crate::agent;
 use crate::config::Config;
 use crate::keys::access::AccessTokens;
 use crate::load::Load;
+use crate::metrics::Metrics;
 use crate::provider::Provider;
 use crate::request_id::RequestIds;
 

@@ -1,7 +1,6 @@
 //! keyrelay's own pages: `/` (what this is), `/health`, `/status` (keys, masked) and `/metrics`
 //! (Prometheus text). They never call an upstream and never show a full key.
 
-pub mod metrics;
 mod prometheus;
 mod status;
 mod status_page;

@@ -3,9 +3,9 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use super::metrics::Histogram;
 use super::status::key_state;
 use crate::keys::AttemptClass;
+use crate::metrics::Histogram;
 use crate::proxy::Proxy;
 
 pub(super) fn metrics(proxy: &Proxy) -> String {

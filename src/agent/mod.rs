@@ -15,8 +15,8 @@ use link::LinkConnector;
 /// Per-connection read buffer, also the largest upstream response head accepted.
 const INPUT_BUFFER: usize = 16 * 1024;
 /// Per-connection write buffer: holds a whole request head, which the listener bounds to
-/// [`MAX_HEAD_BYTES`](crate::listen::MAX_HEAD_BYTES), plus room for the injected key.
-const OUTPUT_BUFFER: usize = crate::listen::MAX_HEAD_BYTES + 4 * 1024;
+/// [`MAX_HEAD_BYTES`](crate::head_error::MAX_HEAD_BYTES), plus room for the injected key.
+const OUTPUT_BUFFER: usize = crate::head_error::MAX_HEAD_BYTES + 4 * 1024;
 
 /// Builds the agent every worker shares (it holds the upstream connection pool).
 pub fn agent(connect_timeout: Duration, upstream_timeout: Duration, workers: usize) -> Agent {

@@ -3,8 +3,8 @@
 
 use subtle::ConstantTimeEq;
 
+use crate::headers::{CLIENT_CREDENTIAL_PARAM, is_client_credential_header};
 use crate::keys::ApiKey;
-use crate::provider::{CLIENT_CREDENTIAL_PARAM, is_client_credential_header};
 
 /// The configured client tokens; empty means no token is required.
 #[derive(Debug, Clone, Default)]

@@ -11,7 +11,7 @@ mod poller;
 mod queue;
 mod socket;
 
-pub use head::{HeadError, MAX_HEAD_BYTES, MAX_HEADERS};
+pub use crate::head_error::{HeadError, MAX_HEAD_BYTES, MAX_HEADERS};
 pub(crate) use listener::READ_SIZE;
 pub use listener::{Front, FrontSettings, run};
 pub use socket::{raise_fd_limit, widen_backlog};

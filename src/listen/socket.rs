@@ -82,7 +82,8 @@ pub fn wait_readable(tcp: &TcpStream, timeout_ms: i32) -> bool {
 /// those clients wait a full second to retry. The kernel caps it at net.core.somaxconn.
 const ACCEPT_BACKLOG: libc::c_int = 4096;
 
-/// Raises the listen backlog of `listener` (already listening) to [`ACCEPT_BACKLOG`].
+/// Raises the listen backlog of `listener` (already listening) to 4,096 (capped by the kernel's
+/// net.core.somaxconn).
 pub fn widen_backlog(listener: &TcpListener) -> io::Result<()> {
     // SAFETY: listen(2) on a descriptor `listener` owns for the whole call; on a socket that
     // is already listening it only changes the backlog.
