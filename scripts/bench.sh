@@ -459,11 +459,14 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)
 # cpu_busy_pct SECS: how busy all CPUs were over SECS, in percent, whoever used them. Taken while
 # everything of ours is idle, it shows how much other work competed with the measurements.
 cpu_busy_pct() {
-  local before after
+  local before
   before=$(head -1 /proc/stat)
   sleep "$1"
-  after=$(head -1 /proc/stat)
-  awk -v a="$before" -v b="$after" 'BEGIN {
+  busy_since "$before"
+}
+# busy_since STAT_LINE: how busy all CPUs were, in percent, from the /proc/stat line given to now.
+busy_since() {
+  awk -v a="$1" -v b="$(head -1 /proc/stat)" 'BEGIN {
     split(a, x); split(b, y)
     for (i = 2; i <= 9; i++) total += y[i] - x[i]   # user .. steal (guest is inside user)
     idle = (y[5] - x[5]) + (y[6] - x[6])            # idle + iowait
@@ -626,22 +629,17 @@ stream_test() {
   local watch=()
   [[ -n $pid ]] && watch=(--watch-pid "$pid")
   log "(4) $STREAMS concurrent SSE streams: $target"
-  local status=0 stat_before stat_after use_before=(0 0) use_after=(0 0)
+  local status=0 stat_before busy use_before=(0 0) use_after=(0 0)
   stat_before=$(head -1 /proc/stat)
   [[ -n $cpu_pid ]] && read -r -a use_before <<<"$(proc_usage "$cpu_pid")"
   bounded 180 "$TOOL" client --addr "127.0.0.1:$port" --path "$path" --streams "$STREAMS" \
     --events "$EVENTS" --stall-secs "$STALL_SECS" --deadline-secs 90 --ramp-ms "$STREAM_RAMP_MS" "${watch[@]}" \
     >"$RAW/sse-$target.txt" 2>"$RAW/sse-$target.err" || status=$?
-  stat_after=$(head -1 /proc/stat)
+  busy=$(busy_since "$stat_before")
   [[ -n $cpu_pid ]] && read -r -a use_after <<<"$(proc_usage "$cpu_pid")"
-  awk -v a="$stat_before" -v b="$stat_after" -v t=$((use_after[0] - use_before[0])) -v hz="$CLK_TCK" \
-    -v proxy="$cpu_pid" 'BEGIN {
-    split(a, x); split(b, y)
-    for (i = 2; i <= 9; i++) total += y[i] - x[i]
-    idle = (y[5] - x[5]) + (y[6] - x[6])
-    printf "RESULT busy_pct=%.0f proxy_cpu_ms=%s\n", total ? 100 * (total - idle) / total : 0,
-      proxy == "" ? "-" : sprintf("%.0f", 1000 * t / hz)
-  }' >"$RAW/sse-$target.cpu"
+  awk -v busy="$busy" -v t=$((use_after[0] - use_before[0])) -v hz="$CLK_TCK" -v proxy="$cpu_pid" \
+    'BEGIN { printf "RESULT busy_pct=%s proxy_cpu_ms=%s\n", busy, proxy == "" ? "-" : sprintf("%.0f", 1000 * t / hz) }' \
+    >"$RAW/sse-$target.cpu"
   ensure_alive
   ((status == 0)) || die "stream client failed: $(tail -3 "$RAW/sse-$target.err")"
   sed 's/^/    /' "$RAW/sse-$target.err" >&2

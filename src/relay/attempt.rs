@@ -66,8 +66,11 @@ impl<'a> UpstreamRequest<'a> {
     /// request id, and the pool key. Built per attempt (most requests make one): a map built
     /// once and cloned would cost more allocations than it saves.
     pub(crate) fn headers_with_key(&self, provider: &Provider, key: &ApiKey) -> HeaderMap {
-        let mut headers = HeaderMap::with_capacity(self.incoming.headers().count() + 2);
-        for (name, value) in self.incoming.headers() {
+        let incoming = self.incoming.headers();
+        // The head's header count bounds the end-to-end ones: no second pass to count them.
+        let bound = incoming.size_hint().1.unwrap_or(0);
+        let mut headers = HeaderMap::with_capacity(bound + 2);
+        for (name, value) in incoming {
             if !forward_request_header(name, &[]) || provider.is_credential_header(name) {
                 continue;
             }

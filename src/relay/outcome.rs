@@ -63,15 +63,16 @@ fn is_spent_balance(body: &[u8]) -> bool {
 /// garbled header cannot bench a key for years.
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(48 * 3600);
 
-/// How long a 429 benches the key: `Retry-After` (seconds or HTTP date), else Gemini's
-/// `RetryInfo.retryDelay` in the error body, else until the next midnight US Pacific time for a
-/// Gemini per-day quota, else `default`.
-/// How long a 429 answer with `headers` and `body` benches its key, as of now.
+/// How long a 429 answer with `headers` and `body` benches its key, as of now (see
+/// [`rate_limit_cooldown`]).
 pub(crate) fn cooldown_of(headers: &HeaderMap, body: &[u8], default: Duration) -> Duration {
     let retry_after = headers.get("retry-after").and_then(|v| v.to_str().ok());
     rate_limit_cooldown(retry_after, body, SystemTime::now(), default)
 }
 
+/// How long a 429 benches the key: `Retry-After` (seconds or HTTP date), else Gemini's
+/// `RetryInfo.retryDelay` in the error body, else until the next midnight US Pacific time for a
+/// Gemini per-day quota, else `default`.
 pub fn rate_limit_cooldown(
     retry_after: Option<&str>,
     body: &[u8],

@@ -131,48 +131,59 @@ fn send_requests(proxy_port: u16, n: usize, pause: Duration) -> Vec<u16> {
         .collect()
 }
 
+/// What the upstream saw of `n` requests through keyrelay, `pause` apart, when it does `after`
+/// each answer.
+struct Seen {
+    statuses: Vec<u16>,
+    requests: usize,
+    connections: usize,
+}
+
+fn through_keyrelay(after: AfterAnswer, n: usize, pause: Duration) -> Seen {
+    let upstream = Upstream::start(after);
+    let proxy = proxy_to(&upstream.url(), &[KEY], &[]).start();
+    let statuses = send_requests(proxy.port, n, pause);
+    Seen {
+        statuses,
+        requests: upstream.requests.lock().unwrap().len(),
+        connections: upstream.connections.load(Ordering::SeqCst),
+    }
+}
+
 #[test]
 fn an_open_upstream_connection_is_reused_for_later_requests() {
-    let upstream = Upstream::start(AfterAnswer::Keep);
-    let proxy = proxy_to(&upstream.url(), &[KEY], &[]).start();
-    let statuses = send_requests(proxy.port, 5, Duration::from_millis(50));
-    assert_eq!(statuses, vec![200; 5]);
-    assert_eq!(upstream.requests.lock().unwrap().len(), 5);
+    let seen = through_keyrelay(AfterAnswer::Keep, 5, Duration::from_millis(50));
+    assert_eq!(seen.statuses, vec![200; 5]);
+    assert_eq!(seen.requests, 5);
     assert_eq!(
-        upstream.connections.load(Ordering::SeqCst),
-        1,
+        seen.connections, 1,
         "five sequential requests should share one pooled upstream connection"
     );
 }
 
 #[test]
 fn a_connection_the_upstream_closed_is_not_reused() {
-    let upstream = Upstream::start(AfterAnswer::Close);
-    let proxy = proxy_to(&upstream.url(), &[KEY], &[]).start();
-    let statuses = send_requests(proxy.port, 4, Duration::from_millis(200));
+    let seen = through_keyrelay(AfterAnswer::Close, 4, Duration::from_millis(200));
     assert_eq!(
-        statuses,
+        seen.statuses,
         vec![200; 4],
         "a request after the upstream closed its pooled connection must open a new one, not fail"
     );
-    assert_eq!(upstream.requests.lock().unwrap().len(), 4);
-    assert_eq!(upstream.connections.load(Ordering::SeqCst), 4);
+    assert_eq!(seen.requests, 4);
+    assert_eq!(seen.connections, 4);
 }
 
 #[test]
 fn a_connection_with_unasked_bytes_is_not_reused() {
-    let upstream = Upstream::start(AfterAnswer::Garbage);
-    let proxy = proxy_to(&upstream.url(), &[KEY], &[]).start();
-    let statuses = send_requests(proxy.port, 3, Duration::from_millis(200));
+    let seen = through_keyrelay(AfterAnswer::Garbage, 3, Duration::from_millis(200));
     assert_eq!(
-        statuses,
+        seen.statuses,
         vec![200; 3],
         "stray bytes on a pooled connection must not be read as the next answer"
     );
-    assert_eq!(upstream.requests.lock().unwrap().len(), 3);
+    assert_eq!(seen.requests, 3);
     assert_eq!(
-        upstream.connections.load(Ordering::SeqCst),
-        3,
+        seen.connections, 3,
         "a connection holding unasked bytes is dropped, so each request opens its own"
     );
 }
