@@ -76,6 +76,33 @@ pub enum ProxyError {
         /// The one it accepts.
         allow: &'static str,
     },
+    /// The request names an object owned by a key that is cooling down; no other key can
+    /// use the object.
+    OwnerCooling {
+        /// The object, e.g. `file-abc`.
+        resource: String,
+        /// The owning key's mask.
+        key: String,
+        /// Whole seconds until that key frees, at least 1.
+        retry_after_secs: u64,
+    },
+    /// The request names an object owned by a key that is out of rotation (disabled, invalid,
+    /// spent, or without access to the model).
+    OwnerUnavailable {
+        /// The object.
+        resource: String,
+        /// The owning key's mask.
+        key: String,
+        /// Why the key is out.
+        why: String,
+    },
+    /// The request names objects owned by two different keys.
+    OwnersDiffer {
+        /// One object and its key's mask.
+        first: (String, String),
+        /// Another object and its key's mask.
+        second: (String, String),
+    },
     /// A bug: keyrelay failed while handling this request.
     Internal,
 }
@@ -179,6 +206,21 @@ impl ProxyError {
                 "method_not_allowed",
                 format!("This path accepts {allow} only."),
             ),
+            ProxyError::OwnerCooling { resource, key, retry_after_secs } => (
+                429,
+                "rate_limit_exceeded",
+                format!("{resource} belongs to the account of key {key}, which is rate limited; no other key can use it. Retry after {retry_after_secs} s."),
+            ),
+            ProxyError::OwnerUnavailable { resource, key, why } => (
+                503,
+                "owner_key_unavailable",
+                format!("{resource} belongs to the account of key {key}, which is out of rotation ({why}); no other key can use it. Fix or re-enable that key (GET /status shows it), or create the object again."),
+            ),
+            ProxyError::OwnersDiffer { first, second } => (
+                409,
+                "objects_of_different_keys",
+                format!("This request names {} (owned by the account of key {}) and {} (owned by the account of key {}); one request can only use objects of one account. Use objects created through the same key, or create them again.", first.0, first.1, second.0, second.1),
+            ),
             ProxyError::Internal => (
                 500,
                 "internal_error",
@@ -197,7 +239,10 @@ impl ProxyError {
         let (status, code, message) = self.parts();
         let mut headers = Vec::new();
         match self {
-            ProxyError::Exhausted { retry_after_secs } => {
+            ProxyError::Exhausted { retry_after_secs }
+            | ProxyError::OwnerCooling {
+                retry_after_secs, ..
+            } => {
                 headers.push(("retry-after", retry_after_secs.to_string()));
             }
             ProxyError::Overloaded { .. } => headers.push(("retry-after", "1".to_string())),
@@ -254,6 +299,7 @@ fn google_status(status: u16) -> &'static str {
         403 => "PERMISSION_DENIED",
         404 => "NOT_FOUND",
         408 => "DEADLINE_EXCEEDED",
+        409 => "FAILED_PRECONDITION",
         429 => "RESOURCE_EXHAUSTED",
         502 | 503 => "UNAVAILABLE",
         504 => "DEADLINE_EXCEEDED",
@@ -263,7 +309,7 @@ fn google_status(status: u16) -> &'static str {
 
 fn anthropic_type(status: u16) -> &'static str {
     match status {
-        400 => "invalid_request_error",
+        400 | 409 => "invalid_request_error",
         401 => "authentication_error",
         403 => "permission_error",
         404 => "not_found_error",
@@ -316,6 +362,29 @@ mod tests {
             (ProxyError::Http(HeadError::Version), 505),
             (ProxyError::ClientTimeout, 408),
             (ProxyError::Internal, 500),
+            (
+                ProxyError::OwnerCooling {
+                    resource: "file-a".into(),
+                    key: "sk-1...0001".into(),
+                    retry_after_secs: 3,
+                },
+                429,
+            ),
+            (
+                ProxyError::OwnerUnavailable {
+                    resource: "file-a".into(),
+                    key: "sk-1...0001".into(),
+                    why: "disabled".into(),
+                },
+                503,
+            ),
+            (
+                ProxyError::OwnersDiffer {
+                    first: ("file-a".into(), "k1".into()),
+                    second: ("file-b".into(), "k2".into()),
+                },
+                409,
+            ),
         ];
         for (error, status) in cases {
             for shape in [

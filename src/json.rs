@@ -57,6 +57,94 @@ pub fn top_level_string<'a>(body: &'a [u8], name: &str) -> Option<&'a str> {
     }
 }
 
+/// The members of the top-level object in `body` as (raw name, raw value bytes), in order,
+/// each value skipped over, not parsed. Stops at the first malformed member.
+pub fn top_level_members(body: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut i = skip_space(body, 0);
+    let mut open = body.get(i) == Some(&b'{');
+    i += 1;
+    std::iter::from_fn(move || {
+        if !open {
+            return None;
+        }
+        let member = (|| {
+            i = skip_space(body, i);
+            let (key, after_key) = string_at(body, i)?;
+            i = skip_space(body, after_key);
+            if body.get(i) != Some(&b':') {
+                return None;
+            }
+            let start = skip_space(body, i + 1);
+            let end = skip_value(body, start)?;
+            i = skip_space(body, end);
+            match body.get(i) {
+                Some(b',') => i += 1,
+                _ => open = false,
+            }
+            Some((key, &body[start..end]))
+        })();
+        if member.is_none() {
+            open = false;
+        }
+        member
+    })
+}
+
+/// The elements of the JSON array `raw` as raw bytes, in order (nothing if it is no array).
+pub fn array_elements(raw: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut i = skip_space(raw, 0);
+    let mut open = raw.get(i) == Some(&b'[');
+    i += 1;
+    std::iter::from_fn(move || {
+        if !open {
+            return None;
+        }
+        let start = skip_space(raw, i);
+        if raw.get(start) == Some(&b']') {
+            open = false;
+            return None;
+        }
+        let Some(end) = skip_value(raw, start) else {
+            open = false;
+            return None;
+        };
+        i = skip_space(raw, end);
+        match raw.get(i) {
+            Some(b',') => i += 1,
+            _ => open = false,
+        }
+        Some(&raw[start..end])
+    })
+}
+
+/// The text of a raw JSON string value (quotes included in `raw`) when it has no escapes.
+pub fn plain_string(raw: &[u8]) -> Option<&str> {
+    let (inner, end) = string_at(raw, 0)?;
+    (end == raw.len() && !inner.contains(&b'\\'))
+        .then(|| std::str::from_utf8(inner).ok())
+        .flatten()
+}
+
+/// Every JSON string in `body` (names and values alike) without escapes, as raw bytes between
+/// its quotes, found with one pass over the bytes.
+pub fn plain_strings(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        loop {
+            let open = at + body.get(at..)?.iter().position(|&b| b == b'"')?;
+            let rest = &body[open + 1..];
+            let close = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+            if rest[close] == b'"' {
+                at = open + 1 + close + 1;
+                return Some(&rest[..close]);
+            }
+            // An escaped string: skip to its real end, it is not one we look for.
+            let (_, end) = string_at(body, open)?;
+            at = end;
+        }
+    })
+}
+
 /// The raw contents of the string starting at `i` (escapes left as they are) and the index
 /// after its closing quote.
 fn string_at(body: &[u8], i: usize) -> Option<(&[u8], usize)> {
@@ -170,6 +258,28 @@ mod tests {
     fn finds_fields() {
         let body = br#"{"error":{"details":[{"@type":"x.RetryInfo", "retryDelay" : "37s"}]}}"#;
         assert_eq!(string_fields(body, "retryDelay"), vec!["37s"]);
+    }
+
+    #[test]
+    fn members_elements_and_strings() {
+        let body = br#" {"model":"m","messages":[{"role":"system"},{"role":"user","content":"a \"q\""}],"n":1} "#;
+        let members: Vec<(&[u8], &[u8])> = top_level_members(body).collect();
+        assert_eq!(members.len(), 3);
+        assert_eq!(members[0], (&b"model"[..], &br#""m""#[..]));
+        assert_eq!(plain_string(members[0].1), Some("m"));
+        let elements: Vec<&[u8]> = array_elements(members[1].1).collect();
+        assert_eq!(elements.len(), 2);
+        assert_eq!(top_level_string(elements[1], "role"), Some("user"));
+        assert_eq!(array_elements(b"[ ]").count(), 0);
+        assert_eq!(array_elements(b"{}").count(), 0);
+        assert_eq!(top_level_members(b"[1]").count(), 0);
+        let strings: Vec<&[u8]> = plain_strings(body).collect();
+        assert!(strings.contains(&&b"messages"[..]) && strings.contains(&&b"user"[..]));
+        assert!(
+            !strings.iter().any(|s| s.starts_with(b"a ")),
+            "escaped string skipped"
+        );
+        assert_eq!(plain_strings(br#"{"a":"unterminated"#).count(), 1);
     }
 
     #[test]

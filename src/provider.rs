@@ -1,8 +1,12 @@
 //! The provider table: where each route prefix goes, how a key is injected, which client
 //! credentials are stripped, and the shape of the errors keyrelay writes in its name.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use crate::headers::{CLIENT_CREDENTIAL_PARAM, is_client_credential_header};
 use crate::json;
+use crate::keys::affinity::{Affinity, Dialect};
 use crate::keys::{ApiKey, KeyPool};
 
 /// How the pool key travels to the upstream.
@@ -43,6 +47,8 @@ pub struct Provider {
     pub keys_var: String,
     /// Its keys and their cooldowns.
     pub pool: KeyPool,
+    /// Which key owns which object, and which key each conversation is on.
+    pub affinity: Arc<Affinity>,
 }
 
 impl Provider {
@@ -62,6 +68,7 @@ impl Provider {
             shape,
             keys_var: keys_var_for(name),
             pool: KeyPool::new(keys),
+            affinity: Arc::new(Affinity::new(dialect_of(shape), DEFAULT_SESSION_TTL)),
         }
     }
 
@@ -106,6 +113,18 @@ impl Provider {
             url.push_str(query);
         }
         url
+    }
+}
+
+/// How long a conversation keeps its key when nothing says otherwise (SESSION_AFFINITY_TTL_SECS).
+const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(3600);
+
+/// The id shapes of a provider whose SDKs speak `shape`.
+fn dialect_of(shape: ErrorShape) -> Dialect {
+    match shape {
+        ErrorShape::OpenAi => Dialect::OpenAi,
+        ErrorShape::Gemini => Dialect::Gemini,
+        ErrorShape::Anthropic => Dialect::Anthropic,
     }
 }
 

@@ -9,6 +9,7 @@ use ureq::Agent;
 use crate::agent;
 use crate::config::Config;
 use crate::keys::access::AccessTokens;
+use crate::keys::affinity::Affinity;
 use crate::load::Load;
 use crate::metrics::Metrics;
 use crate::provider::Provider;
@@ -29,6 +30,8 @@ pub struct Limits {
     pub client_timeout: Duration,
     /// Skip keys whose rate-limit headers say they have nothing left (HEADROOM).
     pub headroom: bool,
+    /// Keep later turns of a conversation on their key (SESSION_AFFINITY).
+    pub session_affinity: bool,
 }
 
 /// Everything a worker needs to forward a request.
@@ -69,6 +72,7 @@ impl Proxy {
                 wait_for_key: config.wait_for_key,
                 client_timeout: config.client_idle_timeout,
                 headroom: config.headroom,
+                session_affinity: config.session_affinity,
             },
             ids: RequestIds::default(),
             access: AccessTokens::new(config.proxy_tokens.clone()),
@@ -88,10 +92,16 @@ impl Proxy {
     /// Returns a description of what changed (keys as masks).
     pub fn reload(&self, config: &Config) -> Vec<String> {
         let old = self.providers();
-        let new = build_providers(config);
-        for provider in &new {
+        let mut new = build_providers(config);
+        for provider in &mut new {
             if let Some(previous) = old.iter().find(|p| p.name == provider.name) {
                 provider.pool.adopt(&previous.pool);
+                // Objects and conversations stay with their keys across a reload; an owner
+                // no longer configured simply owns nothing keyrelay can reach.
+                if previous.affinity.dialect == provider.affinity.dialect {
+                    provider.affinity = Arc::clone(&previous.affinity);
+                    provider.affinity.set_session_ttl(config.session_ttl);
+                }
             }
         }
         let changes = describe_changes(&old, &new);
@@ -111,13 +121,16 @@ pub(crate) fn build_providers(config: &Config) -> Vec<Provider> {
         .providers
         .iter()
         .map(|p| {
-            Provider::new(
+            let mut provider = Provider::new(
                 &p.name,
                 &p.base_url,
                 p.auth.clone(),
                 p.shape,
                 p.keys.clone(),
-            )
+            );
+            provider.affinity =
+                Arc::new(Affinity::new(provider.affinity.dialect, config.session_ttl));
+            provider
         })
         .collect()
 }

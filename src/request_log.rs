@@ -20,6 +20,8 @@ pub(crate) struct RequestLog<'a> {
     /// Time spent waiting for a worker.
     pub(crate) queued: Duration,
     pub(crate) note: &'a str,
+    /// `resource` or `session` when affinity chose the key.
+    pub(crate) pin: Option<&'static str>,
 }
 
 impl RequestLog<'_> {
@@ -29,13 +31,15 @@ impl RequestLog<'_> {
         }
         info!(
             target: REQUEST_TARGET,
-            "req={} {} {} status={} attempts={} key={} ms={} queued_ms={}{}",
+            "req={} {} {} status={} attempts={} key={}{}{} ms={} queued_ms={}{}",
             self.id,
             self.method,
             self.path,
             self.status,
             self.attempts,
             self.key.unwrap_or("-"),
+            if self.pin.is_some() { " pin=" } else { "" },
+            self.pin.unwrap_or(""),
             self.elapsed.as_millis(),
             self.queued.as_millis(),
             self.note
@@ -56,6 +60,9 @@ impl RequestLog<'_> {
             self.elapsed.as_millis(),
             self.queued.as_millis()
         );
+        if let Some(pin) = self.pin {
+            out.push_str(&format!(",\"pin\":{}", quote(pin)));
+        }
         for pair in self.note.split_whitespace() {
             if let Some((name, value)) = pair.split_once('=') {
                 out.push_str(&format!(",{}:{}", quote(name), quote(value)));

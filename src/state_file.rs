@@ -23,13 +23,7 @@ pub const WRITE_EVERY: Duration = Duration::from_secs(1);
 
 /// A key's name in the file: the first 16 hex digits of its SHA-256.
 fn key_id(key: &ApiKey) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, key.secret().as_bytes());
-    digest.as_ref()[..8]
-        .iter()
-        .fold(String::new(), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
+    key.id_hex()
 }
 
 fn reason_word(reason: BenchReason) -> String {
@@ -38,6 +32,8 @@ fn reason_word(reason: BenchReason) -> String {
         BenchReason::Rejected(status) => format!("rejected:{status}"),
         BenchReason::QuotaExhausted(status) => format!("quota:{status}"),
         BenchReason::NoHeadroom => "headroom".into(),
+        BenchReason::NoAccess(status) => format!("no_access:{status}"),
+        BenchReason::Forbidden => "forbidden".into(),
     }
 }
 
@@ -46,6 +42,8 @@ fn parse_reason(word: &str) -> Option<BenchReason> {
     match word.split_once(':') {
         None if word == "rate_limited" => Some(BenchReason::RateLimited),
         None if word == "headroom" => Some(BenchReason::NoHeadroom),
+        None if word == "forbidden" => Some(BenchReason::Forbidden),
+        Some(("no_access", rest)) => status(rest).map(BenchReason::NoAccess),
         Some(("rejected", rest)) => status(rest).map(BenchReason::Rejected),
         Some(("quota", rest)) => status(rest).map(BenchReason::QuotaExhausted),
         _ => None,

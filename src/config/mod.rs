@@ -79,6 +79,16 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "off stops reading rate-limit headers on successful answers (a key reporting nothing left is otherwise skipped until its window resets)",
     },
     Setting {
+        name: "SESSION_AFFINITY",
+        default: "on",
+        meaning: "off sends every turn of a conversation by plain round robin; on keeps later turns on the key that served the earlier ones (its prompt cache), while that key can serve",
+    },
+    Setting {
+        name: "SESSION_AFFINITY_TTL_SECS",
+        default: "3600",
+        meaning: "how long after its last turn a conversation keeps its key",
+    },
+    Setting {
         name: "ENV_FILE",
         default: ".env",
         meaning: "the environment file read at start and on SIGHUP",
@@ -172,6 +182,11 @@ pub const REJECTED_KEY_BENCH: Duration = Duration::from_secs(30 * 60);
 /// top-up is a person's doing, so an hour between tries costs nothing and recovers on its own.
 pub const QUOTA_BENCH: Duration = Duration::from_secs(60 * 60);
 
+/// How long a key whose account cannot use a model (404 `model_not_found`, a 403 about model
+/// access) sits out for that model once another key served it: access changes by a person's
+/// doing, and an operator's reset (POST /status/keys/…/reset) brings it back at once.
+pub const NO_ACCESS_BENCH: Duration = Duration::from_secs(6 * 3600);
+
 /// Log verbosity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {
@@ -213,6 +228,10 @@ pub struct Config {
     pub workers: usize,
     /// Skip keys that report no headroom left.
     pub headroom: bool,
+    /// Keep later turns of a conversation on the key that served the earlier ones.
+    pub session_affinity: bool,
+    /// How long after its last turn a conversation keeps its key.
+    pub session_ttl: Duration,
     /// Longest wait in the queue for a worker.
     pub queue_timeout: Duration,
     /// Most open client connections; `None`: derived from the open-file limit at start.
@@ -349,16 +368,9 @@ impl Config {
             port: number(&get, "PORT", 3000, 0, u16::MAX as u64)? as u16,
             workers: number(&get, "WORKERS", 1024, 1, 16_384)? as usize,
             queue_timeout: secs(&get, "QUEUE_TIMEOUT_SECS", 30)?,
-            headroom: match get("HEADROOM").map(|v| v.to_ascii_lowercase()).as_deref() {
-                None | Some("on" | "true" | "1" | "yes") => true,
-                Some("off" | "false" | "0" | "no") => false,
-                Some(other) => {
-                    return Err(ConfigError::Invalid {
-                        var: "HEADROOM".to_string(),
-                        reason: format!("{other:?} is not on or off"),
-                    });
-                }
-            },
+            headroom: on_off(&get, "HEADROOM")?,
+            session_affinity: on_off(&get, "SESSION_AFFINITY")?,
+            session_ttl: secs(&get, "SESSION_AFFINITY_TTL_SECS", 3600)?,
             max_connections: get("MAX_CONNECTIONS")
                 .map(|_| number(&get, "MAX_CONNECTIONS", 0, 1, 10_000_000))
                 .transpose()?
@@ -586,6 +598,18 @@ fn secs(
     default: u64,
 ) -> Result<Duration, ConfigError> {
     number(get, var, default, 1, 7 * 24 * 3600).map(Duration::from_secs)
+}
+
+/// A switch that defaults to on.
+fn on_off(get: &dyn Fn(&str) -> Option<String>, var: &str) -> Result<bool, ConfigError> {
+    match get(var).map(|v| v.to_ascii_lowercase()).as_deref() {
+        None | Some("on" | "true" | "1" | "yes") => Ok(true),
+        Some("off" | "false" | "0" | "no") => Ok(false),
+        Some(other) => Err(ConfigError::Invalid {
+            var: var.to_string(),
+            reason: format!("{other:?} is not on or off"),
+        }),
+    }
 }
 
 fn parse_bool(var: &str, value: Option<&str>) -> Result<bool, ConfigError> {

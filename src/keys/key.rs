@@ -15,6 +15,9 @@ pub struct ApiKey {
     /// a clone per request shares their bytes instead of allocating new ones.
     bearer: Option<HeaderValue>,
     bare: Option<HeaderValue>,
+    /// The first 8 bytes of the key's SHA-256: how STATE_FILE and the affinity tables name
+    /// the key without holding it.
+    id: u64,
 }
 
 impl ApiKey {
@@ -28,7 +31,11 @@ impl ApiKey {
                 value
             })
         };
+        let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest.as_ref()[..8]);
         ApiKey {
+            id: u64::from_be_bytes(first),
             bearer: sensitive(&format!("Bearer {secret}")),
             bare: sensitive(&secret),
             secret,
@@ -44,6 +51,17 @@ impl ApiKey {
     /// The bare key as a header value (`None` if it cannot be one).
     pub(crate) fn bare_header(&self) -> Option<HeaderValue> {
         self.bare.clone()
+    }
+
+    /// A name for the key that reveals nothing of it (a SHA-256 prefix), stable across restarts
+    /// and instances.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// [`ApiKey::id`] as 16 hex digits, as STATE_FILE writes it.
+    pub fn id_hex(&self) -> String {
+        format!("{:016x}", self.id)
     }
 
     /// The key itself, for the upstream request only.

@@ -2,6 +2,7 @@
 //! checks.
 
 pub mod access;
+pub mod affinity;
 mod key;
 mod pool;
 

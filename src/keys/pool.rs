@@ -21,6 +21,11 @@ pub enum BenchReason {
     QuotaExhausted(u16),
     /// A successful answer said the key has no requests or tokens left in its window.
     NoHeadroom,
+    /// This key's account cannot use the model (404 `model_not_found` or a 403 about model
+    /// access) while another key could: benched for that model only.
+    NoAccess(u16),
+    /// An unrecognised 403 for a request that another key then served: briefly.
+    Forbidden,
 }
 
 impl fmt::Display for BenchReason {
@@ -30,6 +35,10 @@ impl fmt::Display for BenchReason {
             BenchReason::Rejected(status) => write!(f, "rejected by upstream ({status})"),
             BenchReason::QuotaExhausted(status) => write!(f, "quota_exhausted ({status})"),
             BenchReason::NoHeadroom => f.write_str("no headroom left (rate-limit headers)"),
+            BenchReason::NoAccess(status) => write!(f, "no_access ({status})"),
+            BenchReason::Forbidden => {
+                f.write_str("forbidden (403) for a request another key served")
+            }
         }
     }
 }
@@ -60,17 +69,23 @@ pub enum AttemptClass {
     ServerError,
     /// Connect failure or timeout.
     Unreachable,
+    /// The key's account has no such object (tried while looking for the owner).
+    NotOwned,
+    /// The key's account cannot use the model.
+    NoAccess,
 }
 
 impl AttemptClass {
     /// Every class, in a fixed order.
-    pub const ALL: [AttemptClass; 6] = [
+    pub const ALL: [AttemptClass; 8] = [
         AttemptClass::Success,
         AttemptClass::RateLimited,
         AttemptClass::Rejected,
         AttemptClass::QuotaExhausted,
         AttemptClass::ServerError,
         AttemptClass::Unreachable,
+        AttemptClass::NotOwned,
+        AttemptClass::NoAccess,
     ];
 
     /// Short label used in /status and /metrics.
@@ -82,6 +97,8 @@ impl AttemptClass {
             AttemptClass::QuotaExhausted => "quota_exhausted",
             AttemptClass::ServerError => "server_error",
             AttemptClass::Unreachable => "unreachable",
+            AttemptClass::NotOwned => "not_owned",
+            AttemptClass::NoAccess => "no_access",
         }
     }
 }
@@ -145,6 +162,18 @@ struct PoolState {
 
 /// Most per-model cooldowns one key holds at once.
 pub const MAX_MODEL_BENCHES: usize = 32;
+
+/// Whether a key can take a request now, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// It can.
+    Ready,
+    /// A cooldown (429, headroom, a brief 403) ends after this long.
+    Cooling(Duration),
+    /// Out for long or until an operator acts: disabled, invalid, spent, or no access to the
+    /// model. The text says which.
+    Out(String),
+}
 
 /// The keys of one provider with their cooldowns.
 pub struct KeyPool {
@@ -224,6 +253,35 @@ impl KeyPool {
                 .any(|bench| bench.until > now && applies_to(bench, model))
     }
 
+    /// Whether the key at `index` can take a request for `model` now, and if not, why.
+    pub fn readiness(&self, index: usize, model: Option<&str>, now: Instant) -> Readiness {
+        let state = self.lock();
+        let slot = &state.slots[index];
+        if slot.disabled {
+            return Readiness::Out("disabled by an operator".to_string());
+        }
+        let live = || {
+            slot.benches
+                .iter()
+                .filter(|bench| bench.until > now && applies_to(bench, model))
+        };
+        let long = live().find(|bench| {
+            matches!(
+                bench.reason,
+                BenchReason::Rejected(_)
+                    | BenchReason::QuotaExhausted(_)
+                    | BenchReason::NoAccess(_)
+            )
+        });
+        if let Some(bench) = long {
+            return Readiness::Out(bench.reason.to_string());
+        }
+        match live().map(|bench| bench.until).max() {
+            Some(until) => Readiness::Cooling(until - now),
+            None => Readiness::Ready,
+        }
+    }
+
     /// Clears every cooldown and bench of the key at `index` (an operator's reset).
     pub fn reset(&self, index: usize) {
         self.lock().slots[index].benches.clear();
@@ -249,6 +307,10 @@ impl KeyPool {
         let now = Instant::now();
         benches.retain(|bench| bench.until > now);
         let model = if model.is_some() && benches.len() >= MAX_MODEL_BENCHES {
+            if matches!(reason, BenchReason::NoAccess(_)) {
+                // Not being able to use one model says nothing about the others.
+                return;
+            }
             None
         } else {
             model

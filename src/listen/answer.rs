@@ -79,6 +79,7 @@ pub fn page(
         elapsed: started.elapsed(),
         queued: Duration::ZERO,
         note: "",
+        pin: None,
     }
     .write();
     let then = if client.wants_close {
@@ -129,6 +130,7 @@ pub fn refusal(
         elapsed: waited,
         queued: waited,
         note: " refused=listener",
+        pin: None,
     }
     .write();
     Own {
@@ -150,6 +152,7 @@ pub fn log_gone_while_queued(proxy: &Proxy, buf: &[u8], head: &Head, waited: Dur
         elapsed: waited,
         queued: waited,
         note: " aborted=client-gone",
+        pin: None,
     }
     .write();
 }

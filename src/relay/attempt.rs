@@ -1,29 +1,25 @@
-//! Choosing the answer: the upstream request built once, then attempts over the keys from one
-//! ticket (each key once, cooldowns per model, waiting for a key when allowed), ending in a live
-//! answer to relay, a saved failure to pass on, or an error keyrelay writes itself.
+//! Choosing the answer: the upstream request built once, then the keys to try. A request that
+//! names an object goes to the key that owns it (or gets a clear answer why it cannot); a later
+//! turn of a conversation tries its key first; everything else starts at its round-robin
+//! ticket. Rounds over the keys (round.rs) repeat while a cooling key frees within
+//! WAIT_FOR_KEY_SECS, ending in a live answer to relay, a saved failure to pass on, or an error
+//! keyrelay writes itself.
 
-use std::io::Read;
 use std::thread;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::debug;
 use ureq::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
-use super::headroom::Headroom;
 use super::incoming::Incoming;
-use super::outcome::{MAX_COOLDOWN, Verdict, cooldown_of, needs_body, verdict};
-use super::redact::{read_small, redact_location, redact_saved};
-use super::upstream::{self, CallFailure};
-use crate::config::{QUOTA_BENCH, REJECTED_KEY_BENCH};
+use super::round::{LastFailure, Round, try_round};
 use crate::error::ProxyError;
 use crate::headers::forward_request_header;
-use crate::keys::{ApiKey, AttemptClass, BenchReason, HeadroomReport};
+use crate::keys::affinity::{Conversation, Kind, Outcome, ResourcePin, conversation};
+use crate::keys::{ApiKey, Readiness};
 use crate::provider::{AuthStyle, Provider};
 use crate::proxy::Proxy;
-use crate::respond::answer::{Answer, SavedAnswer};
-
-/// Largest error body from upstream kept to relay or to read a retry delay from.
-const MAX_ERROR_BODY: u64 = 1024 * 1024;
+use crate::respond::answer::Answer;
 
 /// The parts of the upstream request that are the same for every attempt.
 pub(crate) struct UpstreamRequest<'a> {
@@ -55,6 +51,11 @@ impl<'a> UpstreamRequest<'a> {
             incoming,
             request_id,
         })
+    }
+
+    /// A header of the client's request (end-to-end ones only).
+    pub(crate) fn client_header(&self, name: &str) -> Option<&str> {
+        self.incoming.header(name)
     }
 
     /// The URI for one attempt.
@@ -119,45 +120,255 @@ pub(crate) fn with_key(mut headers: HeaderMap, provider: &Provider, key: &ApiKey
     headers
 }
 
-/// How the last failed attempt ended, to choose the answer when no key succeeds.
-pub(crate) enum LastFailure {
-    /// No attempt was made (every key benched) or the last one was a 429.
-    RateLimited,
-    /// The upstream could not be reached.
-    Unreachable,
-    /// A 401/403/5xx answer, kept to relay.
-    Answer(Box<SavedAnswer>, String),
+/// The answer chosen for a request, and what affinity had to do with it.
+pub(crate) struct Chosen {
+    pub(crate) answer: Answer,
+    /// Set when affinity chose the key that served the request.
+    pub(crate) pin: Option<Kind>,
 }
 
-/// Tries the keys, and when every key is cooling and one frees within WAIT_FOR_KEY_SECS, waits
-/// for it and tries again.
-pub(crate) fn attempt(
+impl Chosen {
+    fn error(provider: &Provider, error: ProxyError, attempts: u32) -> Chosen {
+        Chosen {
+            answer: Answer::Error {
+                error,
+                shape: provider.shape,
+                attempts,
+            },
+            pin: None,
+        }
+    }
+}
+
+/// What one request is, for choosing its key.
+pub(crate) struct Request<'r> {
+    pub(crate) upstream: &'r UpstreamRequest<'r>,
+    pub(crate) body: &'r [u8],
+    pub(crate) model: Option<&'r str>,
+    /// The path below the route and the query (credentials stripped), where ids may be.
+    pub(crate) rest: &'r str,
+    pub(crate) query: &'r str,
+}
+
+/// Chooses the keys for a request and tries them (see the module's comment).
+pub(crate) fn attempt(proxy: &Proxy, provider: &Provider, request: &Request) -> Chosen {
+    let now = Instant::now();
+    let affinity = &provider.affinity;
+    let ids = affinity
+        .dialect
+        .request_ids(request.rest, request.query, request.body);
+    let mut rotation = Rotation {
+        ids: &ids,
+        preferred: None,
+        skip: None,
+        not_owned_seen: false,
+        conversation: None,
+    };
+    match affinity.resource_pin(&ids, provider.pool.keys(), now) {
+        ResourcePin::Conflict { first, second } => {
+            let mask = |index: usize| provider.pool.key(index).mask();
+            let error = ProxyError::OwnersDiffer {
+                first: (first.0, mask(first.1)),
+                second: (second.0, mask(second.1)),
+            };
+            return Chosen::error(provider, error, 0);
+        }
+        ResourcePin::Key { index, id } => {
+            if let Some(chosen) = attempt_owner(proxy, provider, request, &ids, index, &id) {
+                return chosen;
+            }
+            // The owner says it has no such object (deleted, or the table was wrong): the
+            // object, if it exists, is found by trying the other keys.
+            rotation.skip = Some(index);
+            rotation.not_owned_seen = true;
+        }
+        ResourcePin::None => {}
+    }
+    if proxy.limits.session_affinity && rotation.skip.is_none() {
+        let headers = request.upstream.incoming.headers();
+        rotation.conversation =
+            conversation(affinity.dialect, request.model, request.body, headers);
+        rotation.preferred = rotation
+            .conversation
+            .filter(Conversation::pinned)
+            .and_then(|c| affinity.session_owner(c.key, now))
+            .and_then(|owner| provider.pool.keys().iter().position(|k| k.id() == owner));
+    }
+    rotate(proxy, provider, request, &rotation)
+}
+
+/// A request sent to the one key that owns an object it names. `None` when that key answers
+/// that its account has no such object (the ids are forgotten).
+fn attempt_owner(
     proxy: &Proxy,
     provider: &Provider,
-    upstream: &UpstreamRequest,
-    body: &[u8],
-    model: Option<&str>,
-) -> Answer {
+    request: &Request,
+    ids: &[String],
+    index: usize,
+    id: &str,
+) -> Option<Chosen> {
+    let pool = &provider.pool;
+    let deadline = Instant::now() + proxy.limits.wait_for_key;
+    let mask = || pool.key(index).mask();
+    let mut attempts = 0;
+    loop {
+        match pool.readiness(index, request.model, Instant::now()) {
+            Readiness::Ready => {}
+            Readiness::Cooling(wait) if Instant::now() + wait <= deadline => {
+                debug!(
+                    "{}: the key owning {id} is cooling; holding the request {} ms",
+                    provider.name,
+                    wait.as_millis()
+                );
+                thread::sleep(wait);
+                continue;
+            }
+            Readiness::Cooling(wait) => {
+                let error = ProxyError::OwnerCooling {
+                    resource: id.to_string(),
+                    key: mask(),
+                    retry_after_secs: whole_secs(wait),
+                };
+                return Some(Chosen::error(provider, error, attempts));
+            }
+            Readiness::Out(why) => {
+                let error = ProxyError::OwnerUnavailable {
+                    resource: id.to_string(),
+                    key: mask(),
+                    why,
+                };
+                return Some(Chosen::error(provider, error, attempts));
+            }
+        }
+        let mut round = Round {
+            order: vec![index],
+            ids,
+            strict: true,
+            not_owned_seen: false,
+        };
+        let (upstream, body, model) = (request.upstream, request.body, request.model);
+        match try_round(
+            proxy,
+            provider,
+            upstream,
+            body,
+            model,
+            &mut round,
+            &mut attempts,
+        ) {
+            Ok(served) => {
+                if served.by.is_some() {
+                    provider.affinity.count(Kind::Resource, Outcome::Hit);
+                }
+                return Some(Chosen {
+                    answer: served.answer,
+                    pin: Some(Kind::Resource),
+                });
+            }
+            Err(LastFailure::NotOwned) => {
+                provider.affinity.forget(ids.iter().map(String::as_str));
+                return None;
+            }
+            // The key is cooling now: the next pass waits for it or answers 429.
+            Err(LastFailure::RateLimited) => continue,
+            Err(LastFailure::Unreachable) => {
+                let host = provider.host.clone();
+                return Some(Chosen::error(
+                    provider,
+                    ProxyError::Unreachable { host },
+                    attempts,
+                ));
+            }
+            Err(LastFailure::Answer(answer, key)) => {
+                if let Readiness::Out(why) = pool.readiness(index, model, Instant::now()) {
+                    let error = ProxyError::OwnerUnavailable {
+                        resource: id.to_string(),
+                        key: mask(),
+                        why,
+                    };
+                    return Some(Chosen::error(provider, error, attempts));
+                }
+                let answer = Answer::Saved {
+                    answer: *answer,
+                    attempts,
+                    key,
+                };
+                return Some(Chosen {
+                    answer,
+                    pin: Some(Kind::Resource),
+                });
+            }
+        }
+    }
+}
+
+/// How a request that no object pins goes over the keys.
+struct Rotation<'r> {
+    ids: &'r [String],
+    /// The key of the conversation this request continues, tried first.
+    preferred: Option<usize>,
+    /// A key not to try (an owner that has just said it has no such object).
+    skip: Option<usize>,
+    not_owned_seen: bool,
+    conversation: Option<Conversation>,
+}
+
+/// Tries the keys from a fresh ticket (the conversation's key first), and when every key is
+/// cooling and one frees within WAIT_FOR_KEY_SECS, waits for it and tries again.
+fn rotate(proxy: &Proxy, provider: &Provider, request: &Request, rotation: &Rotation) -> Chosen {
     let pool = &provider.pool;
     let deadline = Instant::now() + proxy.limits.wait_for_key;
     let mut attempts = 0;
+    let (upstream, body, model) = (request.upstream, request.body, request.model);
     loop {
-        let last = match try_round(proxy, provider, upstream, body, model, &mut attempts) {
-            Ok(answer) => return answer,
+        let ticket = pool.ticket();
+        let mut order = Vec::with_capacity(pool.len());
+        order.extend(rotation.preferred);
+        order.extend(
+            pool.attempt_order(ticket)
+                .filter(|&i| Some(i) != rotation.preferred && Some(i) != rotation.skip),
+        );
+        let mut round = Round {
+            order,
+            ids: rotation.ids,
+            strict: false,
+            not_owned_seen: rotation.not_owned_seen,
+        };
+        let last = match try_round(
+            proxy,
+            provider,
+            upstream,
+            body,
+            model,
+            &mut round,
+            &mut attempts,
+        ) {
+            Ok(served) => {
+                let pin = served
+                    .by
+                    .and_then(|index| note_turn(provider, rotation, index));
+                return Chosen {
+                    answer: served.answer,
+                    pin,
+                };
+            }
             Err(last) => last,
         };
         let error = match last {
             LastFailure::Answer(answer, key) => {
-                return Answer::Saved {
-                    answer: *answer,
-                    attempts,
-                    key,
+                return Chosen {
+                    answer: Answer::Saved {
+                        answer: *answer,
+                        attempts,
+                        key,
+                    },
+                    pin: None,
                 };
             }
             LastFailure::Unreachable => ProxyError::Unreachable {
                 host: provider.host.clone(),
             },
-            LastFailure::RateLimited => {
+            LastFailure::RateLimited | LastFailure::NotOwned => {
                 let wait = pool.wait_for_any(model, Instant::now());
                 if !wait.is_zero() && Instant::now() + wait <= deadline {
                     debug!(
@@ -169,277 +380,42 @@ pub(crate) fn attempt(
                     continue;
                 }
                 ProxyError::Exhausted {
-                    retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+                    retry_after_secs: whole_secs(wait),
                 }
             }
         };
-        return Answer::Error {
-            error,
-            shape: provider.shape,
-            attempts,
-        };
+        return Chosen::error(provider, error, attempts);
     }
 }
 
-/// One pass over the keys from a fresh ticket, each at most once, skipping benched ones.
-/// `Ok` is the final answer (relay, or a timeout); `Err` says how the last failure went.
-pub(crate) fn try_round(
-    proxy: &Proxy,
-    provider: &Provider,
-    upstream: &UpstreamRequest,
-    body: &[u8],
-    model: Option<&str>,
-    attempts: &mut u32,
-) -> Result<Answer, LastFailure> {
-    let pool = &provider.pool;
-    let mut last = LastFailure::RateLimited;
-    for index in pool.attempt_order(pool.ticket()) {
-        if !pool.is_ready(index, model, Instant::now()) {
-            continue;
+/// Records which key served a turn of a conversation; `Some(Session)` when it was the
+/// conversation's own key.
+fn note_turn(provider: &Provider, rotation: &Rotation, index: usize) -> Option<Kind> {
+    let conversation = rotation.conversation?;
+    let affinity = &provider.affinity;
+    let served_by = provider.pool.key(index).id();
+    let news = affinity.record_session(conversation.key, served_by, Instant::now());
+    match rotation.preferred {
+        Some(preferred) if preferred == index => {
+            affinity.count(Kind::Session, Outcome::Hit);
+            Some(Kind::Session)
         }
-        *attempts += 1;
-        let key = pool.key(index);
-        let Some(uri) = upstream.uri(provider, key.secret()) else {
-            return Ok(Answer::Error {
-                error: ProxyError::BadRequest,
-                shape: provider.shape,
-                attempts: *attempts,
-            });
-        };
-        let headers = upstream.headers_with_key(provider, key);
-        let sent_body = upstream.has_body.then_some(body);
-        // Every way of getting no answer counts as unreachable for this key's counters.
-        let called = upstream::call(&proxy.agent, &upstream.method, uri, headers, sent_body)
-            .inspect_err(|_| pool.record(index, AttemptClass::Unreachable));
-        let mut response = match called {
-            Ok(response) => response,
-            Err(CallFailure::TimedOut) => {
-                let host = provider.host.clone();
-                let secs = proxy.limits.upstream_timeout.as_secs();
-                return Ok(Answer::Error {
-                    error: ProxyError::Timeout { host, secs },
-                    shape: provider.shape,
-                    attempts: *attempts,
-                });
-            }
-            Err(CallFailure::Failed(why)) => {
-                debug!(
-                    "{} key={} upstream failed after the request was sent: {why}",
-                    provider.name, key
-                );
-                return Ok(Answer::Error {
-                    error: ProxyError::UpstreamFailed {
-                        host: provider.host.clone(),
-                    },
-                    shape: provider.shape,
-                    attempts: *attempts,
-                });
-            }
-            Err(CallFailure::Unreachable(why)) => {
-                debug!("{} key={} unreachable: {why}", provider.name, key);
-                last = LastFailure::Unreachable;
-                continue;
-            }
-        };
-        let status = response.status().as_u16();
-        let error_body = needs_body(status).then(|| read_error_body(&mut response));
-        match verdict(status, error_body.as_deref().unwrap_or_default()) {
-            // keyrelay never forwards an upgrade, so a switch of protocols is nonsense here.
-            Verdict::Relay if status < 200 => {
-                pool.record(index, AttemptClass::ServerError);
-                return Ok(Answer::Error {
-                    error: ProxyError::UpstreamFailed {
-                        host: provider.host.clone(),
-                    },
-                    shape: provider.shape,
-                    attempts: *attempts,
-                });
-            }
-            Verdict::Relay => {
-                pool.record(index, AttemptClass::Success);
-                if proxy.limits.headroom {
-                    note_headroom(provider, index, model, response.headers());
-                }
-                return Ok(relay_answer(
-                    provider,
-                    response,
-                    error_body,
-                    *attempts,
-                    key.mask(),
-                ));
-            }
-            Verdict::RateLimited => {
-                pool.record(index, AttemptClass::RateLimited);
-                let cooldown = cooldown_of(
-                    response.headers(),
-                    error_body.as_deref().unwrap_or_default(),
-                    proxy.limits.cooldown,
-                );
-                let reason = BenchReason::RateLimited;
-                pool.bench(index, model, Instant::now() + cooldown, reason);
-                warn!(
-                    "{} key={} benched for {}s{}: {reason}",
-                    provider.name,
-                    key,
-                    cooldown.as_secs_f64().ceil(),
-                    model.map(|m| format!(" for model {m}")).unwrap_or_default()
-                );
-                last = LastFailure::RateLimited;
-            }
-            found @ (Verdict::KeyRejected | Verdict::QuotaExhausted) => {
-                // Dead or spent: no cooldown clears it, so the whole key sits out for long.
-                let (class, reason, bench, advice) = if found == Verdict::KeyRejected {
-                    let reason = BenchReason::Rejected(status);
-                    (
-                        AttemptClass::Rejected,
-                        reason,
-                        REJECTED_KEY_BENCH,
-                        "check that the key is valid",
-                    )
-                } else {
-                    let reason = BenchReason::QuotaExhausted(status);
-                    (
-                        AttemptClass::QuotaExhausted,
-                        reason,
-                        QUOTA_BENCH,
-                        "top up its balance or remove it",
-                    )
-                };
-                pool.record(index, class);
-                pool.bench(index, None, Instant::now() + bench, reason);
-                warn!(
-                    "{} key={} benched for {}s: {reason}; {advice}",
-                    provider.name,
-                    key,
-                    bench.as_secs()
-                );
-                last =
-                    LastFailure::Answer(Box::new(save(provider, response, error_body)), key.mask());
-            }
-            Verdict::ServerError => {
-                pool.record(index, AttemptClass::ServerError);
-                debug!(
-                    "{} key={} upstream answered {status}, trying the next key",
-                    provider.name, key
-                );
-                last =
-                    LastFailure::Answer(Box::new(save(provider, response, error_body)), key.mask());
-            }
+        Some(_) => {
+            affinity.count(Kind::Session, Outcome::Moved);
+            None
         }
-    }
-    Err(last)
-}
-
-pub(crate) fn read_error_body(response: &mut ureq::http::Response<ureq::Body>) -> Vec<u8> {
-    let mut body = Vec::new();
-    // A body that fails half-way is still useful for what was read; the status says enough.
-    let _ = response
-        .body_mut()
-        .as_reader()
-        .take(MAX_ERROR_BODY)
-        .read_to_end(&mut body);
-    body
-}
-
-/// Reads what a successful answer says the key has left; a key with nothing left is benched
-/// (for this model) until its window resets, so the next request goes to another key instead
-/// of earning a 429.
-fn note_headroom(provider: &Provider, index: usize, model: Option<&str>, headers: &HeaderMap) {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let headroom = Headroom::from_headers(header, SystemTime::now());
-    if !headroom.reported() {
-        return;
-    }
-    let now = Instant::now();
-    let wait = headroom.exhausted_for().map(|wait| wait.min(MAX_COOLDOWN));
-    // Exhausted: when the key frees; otherwise the next window reset reported.
-    let next_reset = [headroom.requests, headroom.tokens]
-        .into_iter()
-        .flatten()
-        .filter_map(|limit| limit.reset)
-        .min();
-    provider.pool.report_headroom(
-        index,
-        HeadroomReport {
-            requests_remaining: headroom.requests.map(|l| l.remaining),
-            tokens_remaining: headroom.tokens.map(|l| l.remaining),
-            resets_at: wait.or(next_reset).map(|d| now + d),
-        },
-    );
-    if let Some(wait) = wait.filter(|w| !w.is_zero()) {
-        let reason = BenchReason::NoHeadroom;
-        provider.pool.bench(index, model, now + wait, reason);
-        info!(
-            "{} key={} skipped for {}s{}: {reason}",
-            provider.name,
-            provider.pool.key(index),
-            wait.as_secs_f64().ceil(),
-            model.map(|m| format!(" for model {m}")).unwrap_or_default()
-        );
-    }
-}
-
-/// The answer to relay. A 2xx answer and a stream flow through as they arrive; another error
-/// answer is held (when small) so the pool's keys can be masked in it.
-fn relay_answer(
-    provider: &Provider,
-    mut response: ureq::http::Response<ureq::Body>,
-    error_body: Option<Vec<u8>>,
-    attempts: u32,
-    key: String,
-) -> Answer {
-    let status = response.status().as_u16();
-    let stream = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    let held = match error_body {
-        Some(body) => Ok(body),
-        None if (200..300).contains(&status) || stream => Err(Vec::new()),
-        None => read_small(&mut response.body_mut().as_reader()),
-    };
-    match held {
-        Ok(body) => {
-            let mut answer = SavedAnswer {
-                status,
-                headers: std::mem::take(response.headers_mut()),
-                body,
-            };
-            redact_saved(&provider.pool, &mut answer);
-            Answer::Saved {
-                answer,
-                attempts,
-                key,
+        None => {
+            if news {
+                affinity.count(Kind::Session, Outcome::Learned);
             }
-        }
-        Err(prefix) => {
-            redact_location(&provider.pool, response.headers_mut());
-            Answer::Live {
-                response,
-                prefix,
-                attempts,
-                key,
-            }
+            None
         }
     }
 }
 
-/// Keeps a failed answer to relay if no other key succeeds (keys masked); `body` when already
-/// read.
-pub(crate) fn save(
-    provider: &Provider,
-    mut response: ureq::http::Response<ureq::Body>,
-    body: Option<Vec<u8>>,
-) -> SavedAnswer {
-    let body = body.unwrap_or_else(|| read_error_body(&mut response));
-    let mut answer = SavedAnswer {
-        status: response.status().as_u16(),
-        headers: std::mem::take(response.headers_mut()),
-        body,
-    };
-    redact_saved(&provider.pool, &mut answer);
-    answer
+/// Whole seconds for a Retry-After, at least 1.
+fn whole_secs(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
 /// Characters a key keeps in a query value: the unreserved ones; everything else is %XX.

@@ -5,11 +5,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::attempt::{UpstreamRequest, attempt};
+use super::attempt::{Request, UpstreamRequest, attempt};
 use super::body::{BodyError, read_body};
 use super::incoming::Incoming;
 use crate::admin;
 use crate::error::ProxyError;
+use crate::keys::affinity::Kind;
 use crate::listen::{Conn, Head};
 use crate::metrics::route_label;
 use crate::provider::{ErrorShape, Provider, shape_for, split_route};
@@ -72,13 +73,16 @@ pub(crate) fn handle(
         wants_close: head.close || stopping.load(Ordering::Relaxed) || refused,
     };
     let providers = proxy.providers();
-    let answer = match &incoming.body {
+    let (answer, pin) = match &incoming.body {
         // A body that could not be read is answered first, whatever the route.
-        Err(error) => Answer::Error {
-            error: error.clone(),
-            shape: shape_for(&providers, path),
-            attempts: 0,
-        },
+        Err(error) => (
+            Answer::Error {
+                error: error.clone(),
+                shape: shape_for(&providers, path),
+                attempts: 0,
+            },
+            None,
+        ),
         Ok(_) => {
             let loopback = || conn.tcp.peer_addr().is_ok_and(|a| a.ip().is_loopback());
             let query = head.query();
@@ -113,6 +117,7 @@ pub(crate) fn handle(
         elapsed,
         queued,
         note: report.note,
+        pin: pin.map(Kind::label),
     }
     .write();
     if refused {
@@ -162,16 +167,19 @@ fn decide(
     query: &str,
     request_id: &str,
     loopback: impl FnOnce() -> bool,
-) -> Answer {
-    let local = |error, shape| Answer::Error {
-        error,
-        shape,
-        attempts: 0,
+) -> (Answer, Option<Kind>) {
+    let local = |error, shape| {
+        let answer = Answer::Error {
+            error,
+            shape,
+            attempts: 0,
+        };
+        (answer, None)
     };
     let headers = || incoming.headers();
     let method = incoming.method();
     match admin::answer_for(proxy, method, path, headers(), query, loopback) {
-        Some(Ok(page)) => return Answer::Page(page),
+        Some(Ok(page)) => return (Answer::Page(page), None),
         Some(Err(error)) => return local(error, ErrorShape::OpenAi),
         None => {}
     }
@@ -194,8 +202,16 @@ fn decide(
     };
     let query = provider.strip_credentials(query);
     let model = provider.model_of(rest, body);
-    match UpstreamRequest::new(incoming, provider, rest, &query, request_id) {
-        Some(upstream) => attempt(proxy, provider, &upstream, body, model.as_deref()),
-        None => local(ProxyError::BadRequest, shape),
-    }
+    let Some(upstream) = UpstreamRequest::new(incoming, provider, rest, &query, request_id) else {
+        return local(ProxyError::BadRequest, shape);
+    };
+    let request = Request {
+        upstream: &upstream,
+        body,
+        model: model.as_deref(),
+        rest,
+        query: &query,
+    };
+    let chosen = attempt(proxy, provider, &request);
+    (chosen.answer, chosen.pin)
 }

@@ -9,6 +9,8 @@ mod incoming;
 mod outcome;
 pub mod probe;
 mod redact;
+mod round;
+mod upload_url;
 pub mod upstream;
 pub mod worker;
 

@@ -15,48 +15,105 @@ pub enum Verdict {
     Relay,
     /// 429: bench the key for a while and try the next.
     RateLimited,
-    /// 401 / 403, or Gemini's 400 with `API_KEY_INVALID`: the key is probably revoked; bench
-    /// it for long and try the next.
+    /// An answer about the key itself: 401; Gemini's `API_KEY_INVALID` (400 or 403), a key
+    /// reported as leaked, `CONSUMER_SUSPENDED`, `API_KEY_SERVICE_BLOCKED`. Bench it for long
+    /// and try the next.
     KeyRejected,
     /// OpenAI's 429 `insufficient_quota`, or 402: the key's balance is spent, which no
     /// cooldown clears; bench it for long and try the next.
     QuotaExhausted,
     /// 500 / 502 / 503 / 504: try the next key without benching this one.
     ServerError,
+    /// This key's account has no such object (a file, stored response, cached content another
+    /// account owns): try the next key, bench nothing.
+    NotOwned,
+    /// This key's account cannot use the model (`model_not_found`, or a 403 about model
+    /// access): try the next key; if another key then serves the model, bench this (key,
+    /// model) for long.
+    NoAccess,
+    /// A 403 keyrelay does not recognise: try the next key; only if another key then serves
+    /// the same request is this one benched, and briefly. One such answer never empties a pool.
+    Forbidden,
+    /// A 403 about where the request comes from (OpenAI's
+    /// `unsupported_country_region_territory`): the same for every key, so relay it.
+    RegionBlocked,
 }
 
-/// Whether [`verdict`] needs the error body of an answer with `status` (400 and 429 answers are
+/// Whether [`verdict`] needs the error body of an answer with `status` (these statuses are
 /// told apart by it); other statuses are classified by the status alone.
 pub fn needs_body(status: u16) -> bool {
-    matches!(status, 400 | 429)
+    matches!(status, 400 | 403 | 404 | 429)
 }
 
 /// Classifies an upstream answer: its status, and for the statuses [`needs_body`] names, its
-/// error body (pass an empty one otherwise). The proxy and `--probe` both decide here.
-pub fn verdict(status: u16, body: &[u8]) -> Verdict {
+/// error body (pass an empty one otherwise). `names_ids` says whether the request named an
+/// object id (a 404 then means this account does not have it). The proxy and `--probe` both
+/// decide here.
+pub fn verdict(status: u16, body: &[u8], names_ids: bool) -> Verdict {
     match status {
         429 if is_spent_balance(body) => Verdict::QuotaExhausted,
         429 => Verdict::RateLimited,
         402 => Verdict::QuotaExhausted,
-        400 if is_invalid_key(body) => Verdict::KeyRejected,
-        401 | 403 => Verdict::KeyRejected,
+        401 => Verdict::KeyRejected,
+        400 | 403 if is_invalid_key(body) => Verdict::KeyRejected,
+        400 if has_code(body, "previous_response_not_found") => Verdict::NotOwned,
+        403 if has_code(body, "unsupported_country_region_territory") => Verdict::RegionBlocked,
+        403 | 404 if is_model_access(body) => Verdict::NoAccess,
+        403 if is_object_denied(body) => Verdict::NotOwned,
+        403 => Verdict::Forbidden,
+        404 if names_ids => Verdict::NotOwned,
         500 | 502 | 503 | 504 => Verdict::ServerError,
         _ => Verdict::Relay,
     }
 }
 
-/// Google's answer to an invalid or revoked key: a 400 whose `ErrorInfo` detail has
-/// `"reason": "API_KEY_INVALID"` (an ordinary 400 is the request's fault, not the key's).
+/// Google's reasons that are about the key: invalid or revoked, blocked for this API, its
+/// project suspended.
+const KEY_REASONS: [&str; 3] = [
+    "API_KEY_INVALID",
+    "API_KEY_SERVICE_BLOCKED",
+    "CONSUMER_SUSPENDED",
+];
+
+/// An answer about the key itself: one of Google's [`KEY_REASONS`], or a key reported as
+/// leaked (an ordinary 400 is the request's fault, not the key's).
 fn is_invalid_key(body: &[u8]) -> bool {
-    json::string_fields(body, "reason").contains(&"API_KEY_INVALID")
+    json::string_fields(body, "reason")
+        .iter()
+        .any(|reason| KEY_REASONS.contains(reason))
+        || contains(body, b"reported as leaked")
+}
+
+/// An error `code` (or OpenAI `type`) equal to `code`.
+fn has_code(body: &[u8], code: &str) -> bool {
+    ["code", "type"]
+        .iter()
+        .any(|field| json::string_fields(body, field).contains(&code))
+}
+
+/// OpenAI's `model_not_found` ("does not exist or you do not have access to it"), or a 403
+/// saying the project or key has no access to the model.
+fn is_model_access(body: &[u8]) -> bool {
+    has_code(body, "model_not_found")
+        || contains(body, b"does not have access to model")
+        || contains(body, b"do not have access to model")
+}
+
+/// Gemini's answer for a file, cached content or tuned model another project owns: "You do not
+/// have permission to access the File … or it may not exist", "CachedContent not found (or
+/// permission denied)".
+fn is_object_denied(body: &[u8]) -> bool {
+    contains(body, b"or it may not exist") || contains(body, b"not found (or permission denied)")
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// OpenAI's answer to a key whose billing quota is used up: a 429 with error `code` or `type`
 /// `insufficient_quota` (a rate limit says `rate_limit_exceeded`).
 fn is_spent_balance(body: &[u8]) -> bool {
-    ["code", "type"]
-        .iter()
-        .any(|field| json::string_fields(body, field).contains(&"insufficient_quota"))
+    has_code(body, "insufficient_quota")
 }
 
 /// The longest cooldown keyrelay honours from an upstream hint; a larger one is clamped so a
@@ -134,7 +191,7 @@ mod tests {
         let bad_request = br#"{"error":{"code":400,"message":"Invalid JSON payload","status":"INVALID_ARGUMENT"}}"#;
         let spent = br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
         let limited = br#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
-        let cases: [(u16, &[u8], Verdict); 14] = [
+        let cases: [(u16, &[u8], Verdict); 22] = [
             (200, b"", Verdict::Relay),
             (400, b"", Verdict::Relay),
             (400, bad_request, Verdict::Relay),
@@ -145,14 +202,24 @@ mod tests {
             (429, spent, Verdict::QuotaExhausted),
             (402, b"", Verdict::QuotaExhausted),
             (401, b"", Verdict::KeyRejected),
-            (403, b"", Verdict::KeyRejected),
+            (403, b"", Verdict::Forbidden),
             (500, b"", Verdict::ServerError),
             (503, b"", Verdict::ServerError),
             (501, b"", Verdict::Relay),
+            (403, br#"{"error":{"code":403,"message":"You do not have permission to access the File abc or it may not exist.","status":"PERMISSION_DENIED"}}"#, Verdict::NotOwned),
+            (403, br#"{"error":{"code":403,"message":"CachedContent not found (or permission denied)","status":"PERMISSION_DENIED"}}"#, Verdict::NotOwned),
+            (403, br#"{"error":{"code":403,"message":"Your API key was reported as leaked. Please use another API key.","status":"PERMISSION_DENIED"}}"#, Verdict::KeyRejected),
+            (403, br#"{"error":{"code":403,"status":"PERMISSION_DENIED","details":[{"reason":"CONSUMER_SUSPENDED"}]}}"#, Verdict::KeyRejected),
+            (403, br#"{"error":{"code":"unsupported_country_region_territory","message":"Country, region, or territory not supported","param":null,"type":"request_forbidden"}}"#, Verdict::RegionBlocked),
+            (404, br#"{"error":{"message":"The model `gpt-x` does not exist or you do not have access to it.","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#, Verdict::NoAccess),
+            (400, br#"{"error":{"message":"Previous response with id 'resp_1' not found.","type":"invalid_request_error","param":"previous_response_id","code":"previous_response_not_found"}}"#, Verdict::NotOwned),
+            (404, br#"{"error":{"message":"No such File object: file-1","type":"invalid_request_error","param":"id","code":null}}"#, Verdict::Relay),
         ];
         for (status, body, expected) in cases {
-            assert_eq!(verdict(status, body), expected, "{status} {body:?}");
+            assert_eq!(verdict(status, body, false), expected, "{status} {body:?}");
         }
+        let no_file = br#"{"error":{"message":"No such File object: file-1","type":"invalid_request_error","param":"id","code":null}}"#;
+        assert_eq!(verdict(404, no_file, true), Verdict::NotOwned);
     }
 
     #[test]

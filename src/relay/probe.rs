@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use ureq::http::{HeaderMap, HeaderValue, Method};
 
-use super::attempt::{read_error_body, uri_with_key, with_key};
+use super::attempt::{uri_with_key, with_key};
 use super::outcome::{Verdict, cooldown_of, needs_body, verdict};
+use super::round::read_error_body;
 use super::upstream::{self, CallFailure};
 use crate::config::{Config, ProviderConfig};
 use crate::provider::{ErrorShape, Provider};
@@ -98,14 +99,15 @@ fn probe(
     } else {
         Vec::new()
     };
-    match verdict(status, &body) {
+    match verdict(status, &body, false) {
         Verdict::Relay if (200..300).contains(&status) => KeyVerdict::Ok,
-        Verdict::KeyRejected => KeyVerdict::Invalid,
+        // A probe names no object and no model: a 403 there is about the key.
+        Verdict::KeyRejected | Verdict::Forbidden => KeyVerdict::Invalid,
         Verdict::QuotaExhausted => KeyVerdict::QuotaExhausted,
         Verdict::RateLimited => {
             KeyVerdict::RateLimited(cooldown_of(response.headers(), &body, cooldown))
         }
-        Verdict::Relay | Verdict::ServerError => KeyVerdict::Unexpected(status),
+        _ => KeyVerdict::Unexpected(status),
     }
 }
 

@@ -4,6 +4,7 @@ use ureq::http::HeaderMap;
 
 use crate::admin::Rendered;
 use crate::error::ProxyError;
+use crate::keys::affinity::AnswerWatch;
 use crate::provider::ErrorShape;
 
 /// How the request is answered, decided before the client connection is written to.
@@ -22,6 +23,8 @@ pub(crate) enum Answer {
         prefix: Vec<u8>,
         attempts: u32,
         key: String,
+        /// Learns the object ids the answer names as it passes.
+        watch: Option<AnswerWatch>,
     },
     /// One of keyrelay's own pages.
     Page(Rendered),

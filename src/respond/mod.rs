@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use ureq::http::{HeaderMap, HeaderValue};
 
 use crate::headers::{connection_tokens, is_hop_by_hop};
+use crate::keys::affinity::Tapped;
 use crate::respond::answer::{Answer, SavedAnswer};
 use crate::respond::stream::{Framing, RelayBuffer, RelayError, reason_phrase, relay_body};
 
@@ -102,6 +103,7 @@ pub(crate) fn deliver(
             prefix,
             attempts,
             key,
+            watch,
         } => {
             let status = response.status().as_u16();
             let (parts, body) = response.into_parts();
@@ -113,7 +115,7 @@ pub(crate) fn deliver(
                 .filter(|_| !parts.headers.contains_key("transfer-encoding"));
             let framing = Framing::choose(no_body(&client.method, status), length, client.http10);
             let head = response_head(client, status, &parts.headers, framing);
-            let mut reader = prefix.as_slice().chain(body.into_reader());
+            let mut reader = Tapped::new(prefix.as_slice().chain(body.into_reader()), watch);
             let result = relay_body(out, head, &mut reader, framing, buffer);
             // Dropping an unfinished reader closes the upstream connection, which stops the
             // generation when the client has gone.

@@ -1,0 +1,261 @@
+//! Which strings name an object a provider keeps per account: in a request (its path, query
+//! and body, so it can go to the key that owns the object) and in an answer (so keyrelay learns
+//! which key owns it). A scan over the bytes, never a JSON tree.
+
+use crate::json;
+
+/// The API family a provider speaks, for its id shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// OpenAI and OpenAI-compatible APIs.
+    OpenAi,
+    /// Google's Gemini API.
+    Gemini,
+    /// Anthropic's Messages API.
+    Anthropic,
+}
+
+/// OpenAI's per-account objects: files, uploads, responses, batches, vector stores, assistants,
+/// threads, fine-tuning jobs and models, conversations, containers, stored chat completions.
+const OPENAI: &[&str] = &[
+    "file-",
+    "upload_",
+    "resp_",
+    "batch_",
+    "vs_",
+    "asst_",
+    "thread_",
+    "ftjob-",
+    "ft:",
+    "conv_",
+    "cntr_",
+    "chatcmpl-",
+];
+
+/// Gemini's per-project resources, by collection.
+const GEMINI: &[&str] = &[
+    "files/",
+    "cachedContents/",
+    "batches/",
+    "tunedModels/",
+    "operations/",
+];
+
+/// Anthropic's per-workspace objects: files and message batches.
+const ANTHROPIC: &[&str] = &["file_", "msgbatch_"];
+
+/// How a learned Gemini resumable upload is named in the tables.
+pub const UPLOAD_PREFIX: &str = "upload:";
+
+/// Shortest and longest id accepted.
+const ID_LEN: std::ops::RangeInclusive<usize> = 6..=256;
+
+/// Stored chat completions are learned only when the request asked to store them; every other
+/// chat completion id names nothing kept.
+const STORED_ONLY: &str = "chatcmpl-";
+
+impl Dialect {
+    fn prefixes(self) -> &'static [&'static str] {
+        match self {
+            Dialect::OpenAi => OPENAI,
+            Dialect::Gemini => GEMINI,
+            Dialect::Anthropic => ANTHROPIC,
+        }
+    }
+
+    /// The id a whole string value names, if it names one: the value itself, or for Gemini the
+    /// resource name inside a file URI (`https://…/v1beta/files/abc` → `files/abc`).
+    pub fn id_in(self, value: &str) -> Option<&str> {
+        if self == Dialect::Gemini && value.starts_with("http") {
+            let at = value.find("/files/")?;
+            let name = &value[at + 1..];
+            let name = name.split(['?', '#']).next().unwrap_or(name);
+            return self.id_in(name);
+        }
+        let prefix = self.prefixes().iter().find(|p| value.starts_with(**p))?;
+        (ID_LEN.contains(&value.len())
+            && value.len() > prefix.len() + 2
+            && value.bytes().all(id_byte))
+        .then_some(value)
+    }
+
+    /// The ids a request names, in its path below the route, its query and its JSON body.
+    pub fn request_ids(self, rest: &str, query: &str, body: &[u8]) -> Vec<String> {
+        let mut ids = Vec::new();
+        let mut push = |id: &str| {
+            if !ids.iter().any(|known| known == id) {
+                ids.push(id.to_string());
+            }
+        };
+        let path = rest.split(['?', '#']).next().unwrap_or(rest);
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        for (at, segment) in segments.iter().enumerate() {
+            // `files/abc:download`, `tunedModels/x:generateContent`: the method is not the id.
+            let segment = segment.split(':').next().unwrap_or(segment);
+            let segment = if segment.starts_with("ft") {
+                segments[at] // `ft:` models keep their colons
+            } else {
+                segment
+            };
+            if self == Dialect::Gemini {
+                if let Some(next) = segments.get(at + 1) {
+                    let next = next.split(':').next().unwrap_or(next);
+                    if let Some(id) = self.id_in(&format!("{segment}/{next}")) {
+                        push(id);
+                    }
+                }
+            } else if let Some(id) = self.id_in(segment) {
+                push(id);
+            }
+        }
+        for pair in query.split('&') {
+            let Some((name, value)) = pair.split_once('=') else {
+                continue;
+            };
+            let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+            if self == Dialect::Gemini && name == "upload_id" && value.bytes().all(id_byte) {
+                push(&format!("{UPLOAD_PREFIX}{value}"));
+            } else if let Some(id) = self.id_in(&value) {
+                push(id);
+            }
+        }
+        if !body.is_empty() {
+            for raw in json::plain_strings(body) {
+                if let Some(id) = self.id_of_raw(raw) {
+                    push(id);
+                }
+            }
+        }
+        ids
+    }
+
+    /// The ids an answer's bytes name (ids of stored chat completions only if `stored`).
+    #[cfg(test)]
+    fn answer_ids(self, bytes: &[u8], stored: bool) -> impl Iterator<Item = &str> {
+        json::plain_strings(bytes).filter_map(move |raw| self.answer_ids_raw(raw, stored))
+    }
+
+    /// The id one string of an answer (raw bytes between its quotes) names, if it is one to
+    /// learn.
+    pub(super) fn answer_ids_raw(self, raw: &[u8], stored: bool) -> Option<&str> {
+        self.id_of_raw(raw)
+            .filter(|id| stored || !id.starts_with(STORED_ONLY))
+    }
+
+    fn id_of_raw(self, raw: &[u8]) -> Option<&str> {
+        // Cheap rejections first: most strings in a body are neither long enough nor start
+        // like an id.
+        let first = *raw.first()?;
+        if raw.len() < *ID_LEN.start()
+            || !(first == b'h' && self == Dialect::Gemini
+                || self.prefixes().iter().any(|p| p.as_bytes()[0] == first))
+        {
+            return None;
+        }
+        self.id_in(std::str::from_utf8(raw).ok()?)
+    }
+}
+
+fn id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dialect, path below the route, query, body, the ids expected.
+    type Case = (
+        Dialect,
+        &'static str,
+        &'static str,
+        &'static [u8],
+        &'static [&'static str],
+    );
+
+    #[test]
+    fn ids_in_requests() {
+        let cases: [Case; 9] = [
+            (
+                Dialect::OpenAi,
+                "v1/files/file-AbC123xyz/content",
+                "",
+                b"",
+                &["file-AbC123xyz"],
+            ),
+            (
+                Dialect::OpenAi,
+                "v1/responses",
+                "",
+                br#"{"model":"gpt-4o","previous_response_id":"resp_0123abcd","input":"file-based storage?"}"#,
+                &["resp_0123abcd"],
+            ),
+            (
+                Dialect::OpenAi,
+                "v1/chat/completions",
+                "",
+                br#"{"model":"ft:gpt-4o-mini:acme::9xYz","messages":[{"role":"user","content":[{"type":"file","file":{"file_id":"file-Q1w2e3r4"}}]}],"tools":[{"type":"file_search","vector_store_ids":["vs_aa11bb22","vs_aa11bb22"]}]}"#,
+                &["ft:gpt-4o-mini:acme::9xYz", "file-Q1w2e3r4", "vs_aa11bb22"],
+            ),
+            (
+                Dialect::OpenAi,
+                "v1/files",
+                "after=file-Zz99Yy88&limit=2",
+                b"",
+                &["file-Zz99Yy88"],
+            ),
+            (
+                Dialect::OpenAi,
+                "v1/chat/completions",
+                "",
+                br#"{"model":"gpt-4o","messages":[{"role":"user","content":"resp_ is a prefix; file- too"}]}"#,
+                &[],
+            ),
+            (
+                Dialect::Gemini,
+                "v1beta/files/abc123def:download",
+                "alt=media",
+                b"",
+                &["files/abc123def"],
+            ),
+            (
+                Dialect::Gemini,
+                "v1beta/models/gemini-2.5-flash:generateContent",
+                "",
+                br#"{"cachedContent":"cachedContents/cc-123456","contents":[{"parts":[{"fileData":{"fileUri":"https://generativelanguage.googleapis.com/v1beta/files/f9x8c7v6?x=1","mimeType":"text/plain"}}]}]}"#,
+                &["cachedContents/cc-123456", "files/f9x8c7v6"],
+            ),
+            (
+                Dialect::Gemini,
+                "upload/v1beta/files",
+                "upload_id=AB-cd_12&upload_protocol=resumable",
+                b"",
+                &["upload:AB-cd_12"],
+            ),
+            (
+                Dialect::Anthropic,
+                "v1/messages/batches/msgbatch_01AbCd/results",
+                "",
+                br#"{"messages":[{"role":"user","content":[{"type":"document","source":{"type":"file","file_id":"file_011CNha8"}}]}]}"#,
+                &["msgbatch_01AbCd", "file_011CNha8"],
+            ),
+        ];
+        for (dialect, rest, query, body, expected) in cases {
+            let got = dialect.request_ids(rest, query, body);
+            assert_eq!(got, expected.to_vec(), "{rest} {query}");
+        }
+    }
+
+    #[test]
+    fn ids_in_answers() {
+        let batch = br#"{"id":"batch_abc123","object":"batch","input_file_id":"file-in123456","output_file_id":"file-out12345","error_file_id":null}"#;
+        let ids: Vec<&str> = Dialect::OpenAi.answer_ids(batch, false).collect();
+        assert_eq!(ids, ["batch_abc123", "file-in123456", "file-out12345"]);
+        let chat = br#"{"id":"chatcmpl-abc123","object":"chat.completion"}"#;
+        assert_eq!(Dialect::OpenAi.answer_ids(chat, false).count(), 0);
+        assert_eq!(Dialect::OpenAi.answer_ids(chat, true).count(), 1);
+        let file = br#"{"file":{"name":"files/xyz789","uri":"https://g/v1beta/files/xyz789","state":"ACTIVE"}}"#;
+        let ids: Vec<&str> = Dialect::Gemini.answer_ids(file, false).collect();
+        assert_eq!(ids, ["files/xyz789", "files/xyz789"]);
+    }
+}

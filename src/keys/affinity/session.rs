@@ -1,0 +1,218 @@
+//! Recognising a conversation with no help from the client: an explicit hint where the client
+//! sends one (`prompt_cache_key`, Anthropic's `metadata.user_id`, a `session_id` or
+//! `x-session-id` header), otherwise a fingerprint of what stays the same from turn to turn (the
+//! model, the system prompt, the first message). The body is walked member by member and the
+//! chosen bytes hashed; no JSON tree is built.
+
+use super::ids::Dialect;
+use crate::json;
+
+/// A request seen as part of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conversation {
+    /// The conversation's name in the session table (a SHA-256 prefix).
+    pub key: u64,
+    /// Named by the client (a hint), not a fingerprint.
+    pub explicit: bool,
+    /// It holds an earlier answer (an assistant or model turn, a tool call or result): a later
+    /// turn, which prefers the key of the earlier ones.
+    pub continuing: bool,
+}
+
+impl Conversation {
+    /// Whether this request should go to the conversation's key (a later turn, or one the
+    /// client named); a first turn takes the round robin and only records its key.
+    pub fn pinned(&self) -> bool {
+        self.explicit || self.continuing
+    }
+}
+
+/// Headers that name a session.
+const SESSION_HEADERS: [&str; 2] = ["session_id", "x-session-id"];
+
+/// Roles of an earlier answer, and item types that only follow one.
+const ANSWER_ROLES: [&str; 4] = ["assistant", "model", "tool", "function"];
+const ANSWER_TYPES: [&str; 9] = [
+    "function_call",
+    "function_call_output",
+    "reasoning",
+    "custom_tool_call",
+    "custom_tool_call_output",
+    "local_shell_call",
+    "computer_call",
+    "tool_result",
+    "item_reference",
+];
+
+/// Roles whose messages are part of the system prompt.
+const SYSTEM_ROLES: [&str; 2] = ["system", "developer"];
+
+/// The conversation a request belongs to, or `None` when it is none (no messages at all).
+pub fn conversation<'a>(
+    dialect: Dialect,
+    model: Option<&str>,
+    body: &[u8],
+    mut headers: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Option<Conversation> {
+    let hint_header = headers
+        .find(|(name, value)| {
+            !value.trim().is_empty() && SESSION_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h))
+        })
+        .map(|(_, value)| value.trim());
+    let mut hint: Option<&[u8]> = hint_header.map(str::as_bytes);
+    let mut system: Vec<&[u8]> = Vec::new();
+    let mut turns: Option<&[u8]> = None;
+    for (name, value) in json::top_level_members(body) {
+        match name {
+            b"prompt_cache_key" if dialect == Dialect::OpenAi && hint.is_none() => {
+                hint = json::plain_string(value).map(str::as_bytes);
+            }
+            b"metadata" if dialect == Dialect::Anthropic && hint.is_none() => {
+                hint = json::top_level_string(value, "user_id").map(str::as_bytes);
+            }
+            b"system" | b"instructions" | b"systemInstruction" | b"system_instruction" => {
+                system.push(value);
+            }
+            b"messages" | b"contents" | b"input" => turns = Some(value),
+            _ => {}
+        }
+    }
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut field = |bytes: &[u8]| {
+        hash.update(&(bytes.len() as u64).to_le_bytes());
+        hash.update(bytes);
+    };
+    if let Some(hint) = hint.filter(|h| !h.is_empty()) {
+        field(b"hint");
+        field(hint);
+        let continuing = turns.is_some_and(|t| holds_an_answer(t).1);
+        return Some(Conversation {
+            key: first_u64(hash.finish()),
+            explicit: true,
+            continuing,
+        });
+    }
+    let turns = turns?;
+    field(b"fingerprint");
+    field(model.unwrap_or("").as_bytes());
+    for part in &system {
+        field(part);
+    }
+    let (first, continuing) = holds_an_answer(turns);
+    // A Responses `input` given as one string is a first turn of its own.
+    field(first.unwrap_or(turns));
+    Some(Conversation {
+        key: first_u64(hash.finish()),
+        explicit: false,
+        continuing,
+    })
+}
+
+/// The first message that is not part of the system prompt, and whether the turn after it is
+/// an earlier answer.
+fn holds_an_answer(turns: &[u8]) -> (Option<&[u8]>, bool) {
+    let mut elements = json::array_elements(turns);
+    let first = elements.find(|element| {
+        let role = json::top_level_string(element, "role");
+        !role.is_some_and(|r| SYSTEM_ROLES.contains(&r))
+    });
+    let Some(first) = first else {
+        return (None, false);
+    };
+    let continuing = elements.next().is_some_and(|next| {
+        json::top_level_string(next, "role").is_some_and(|r| ANSWER_ROLES.contains(&r))
+            || json::top_level_string(next, "type").is_some_and(|t| ANSWER_TYPES.contains(&t))
+    });
+    (Some(first), continuing)
+}
+
+fn first_u64(digest: ring::digest::Digest) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_be_bytes(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of(dialect: Dialect, model: &str, body: &str) -> Option<Conversation> {
+        conversation(dialect, Some(model), body.as_bytes(), std::iter::empty())
+    }
+
+    #[test]
+    fn turns_of_one_conversation_share_a_key_and_later_turns_are_pinned() {
+        let turn1 = r#"{"model":"gpt-4o","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi, I am Ada."}]}"#;
+        let turn2 = r#"{"model":"gpt-4o","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi, I am Ada."},{"role":"assistant","content":"Hello Ada."},{"role":"user","content":"Name?"}]}"#;
+        let other = r#"{"model":"gpt-4o","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi, I am Bob."}]}"#;
+        let (a, b, c) = (
+            of(Dialect::OpenAi, "gpt-4o", turn1).unwrap(),
+            of(Dialect::OpenAi, "gpt-4o", turn2).unwrap(),
+            of(Dialect::OpenAi, "gpt-4o", other).unwrap(),
+        );
+        assert_eq!(a.key, b.key);
+        assert_ne!(a.key, c.key, "same system prompt, another conversation");
+        assert!(!a.pinned() && b.pinned() && !c.pinned());
+        let mini = of(Dialect::OpenAi, "gpt-4o-mini", turn1).unwrap();
+        assert_ne!(a.key, mini.key, "another model, another cache");
+    }
+
+    #[test]
+    fn every_dialect_shows_a_later_turn() {
+        let cases: [(Dialect, &str, bool); 6] = [
+            (
+                Dialect::Gemini,
+                r#"{"contents":[{"role":"user","parts":[{"text":"a"}]},{"role":"model","parts":[{"text":"b"}]}]}"#,
+                true,
+            ),
+            (
+                Dialect::Gemini,
+                r#"{"systemInstruction":{"parts":[{"text":"s"}]},"contents":[{"role":"user","parts":[{"text":"a"}]}]}"#,
+                false,
+            ),
+            (
+                Dialect::Anthropic,
+                r#"{"system":"s","messages":[{"role":"user","content":"a"},{"role":"assistant","content":[{"type":"tool_use","id":"t","name":"n","input":{}}]},{"role":"user","content":[{"type":"tool_result","tool_use_id":"t"}]}]}"#,
+                true,
+            ),
+            (
+                Dialect::OpenAi,
+                r#"{"input":[{"role":"user","content":"a"},{"type":"function_call","call_id":"c","name":"f","arguments":"{}"},{"type":"function_call_output","call_id":"c","output":"1"}]}"#,
+                true,
+            ),
+            (Dialect::OpenAi, r#"{"input":"just one question"}"#, false),
+            (
+                Dialect::OpenAi,
+                r#"{"messages":[{"role":"user","content":"a"},{"role":"user","content":"b"}]}"#,
+                false,
+            ),
+        ];
+        for (dialect, body, continuing) in cases {
+            let found = of(dialect, "m", body).unwrap();
+            assert_eq!(found.continuing, continuing, "{body}");
+            assert!(!found.explicit);
+        }
+        assert_eq!(of(Dialect::OpenAi, "m", r#"{"prompt":"x"}"#), None);
+    }
+
+    #[test]
+    fn hints_name_the_conversation() {
+        let claude = r#"{"model":"claude","metadata":{"user_id":"user_abc_account__session_123"},"messages":[{"role":"user","content":"a"}]}"#;
+        let found = of(Dialect::Anthropic, "claude", claude).unwrap();
+        assert!(found.explicit && found.pinned());
+        let codex = r#"{"model":"gpt-5","prompt_cache_key":"019a-session","input":[{"role":"user","content":"x"}]}"#;
+        let other_first_turn = r#"{"model":"gpt-5","prompt_cache_key":"019a-session","input":[{"role":"user","content":"y"}]}"#;
+        assert_eq!(
+            of(Dialect::OpenAi, "gpt-5", codex).unwrap().key,
+            of(Dialect::OpenAi, "gpt-5", other_first_turn).unwrap().key
+        );
+        let header = conversation(
+            Dialect::Gemini,
+            None,
+            b"{}",
+            [("X-Session-Id", "s-1")].into_iter(),
+        )
+        .unwrap();
+        assert!(header.explicit);
+    }
+}

@@ -1,0 +1,461 @@
+//! One pass over the keys in a given order, each at most once, skipping benched ones: inject
+//! the key, call the upstream, and read what its answer means for that key (outcome.rs). Ends
+//! in the answer to relay, or says how the last failure went.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, info, warn};
+use ureq::http::{HeaderMap, Method};
+
+use super::attempt::UpstreamRequest;
+use super::headroom::Headroom;
+use super::outcome::{MAX_COOLDOWN, Verdict, cooldown_of, needs_body, verdict};
+use super::redact::{read_small, redact_location, redact_saved};
+use super::upload_url::rewrite_upload_url;
+use super::upstream::{self, CallFailure};
+use crate::config::{NO_ACCESS_BENCH, QUOTA_BENCH, REJECTED_KEY_BENCH};
+use crate::error::ProxyError;
+use crate::json;
+use crate::keys::affinity::{AnswerWatch, Dialect, Kind, Outcome};
+use crate::keys::{ApiKey, AttemptClass, BenchReason, HeadroomReport};
+use crate::provider::Provider;
+use crate::proxy::Proxy;
+use crate::respond::answer::{Answer, SavedAnswer};
+
+/// Largest error body from upstream kept to relay or to read a retry delay from.
+const MAX_ERROR_BODY: u64 = 1024 * 1024;
+
+/// How the last failed attempt ended, to choose the answer when no key succeeds.
+pub(crate) enum LastFailure {
+    /// No attempt was made (every key benched) or the last one was a 429.
+    RateLimited,
+    /// The upstream could not be reached.
+    Unreachable,
+    /// A failed answer, kept to relay (keys masked), with the mask of the key that got it.
+    Answer(Box<SavedAnswer>, String),
+    /// In a strict round: the only key tried says its account has no such object.
+    NotOwned,
+}
+
+/// Which keys a round tries, and what it knows about the request.
+pub(crate) struct Round<'r> {
+    /// Key positions in the order to try them.
+    pub(crate) order: Vec<usize>,
+    /// The object ids the request names.
+    pub(crate) ids: &'r [String],
+    /// The keys are the objects' owner alone: an answer that the object is not there ends the
+    /// round with [`LastFailure::NotOwned`] instead of trying another key.
+    pub(crate) strict: bool,
+    /// A key has already answered that its account has no such object: the key that serves
+    /// the request owns the ids.
+    pub(crate) not_owned_seen: bool,
+}
+
+/// The answer a round ends with.
+pub(crate) struct Served {
+    pub(crate) answer: Answer,
+    /// The key whose successful (2xx) answer it is, if it is one.
+    pub(crate) by: Option<usize>,
+}
+
+impl Served {
+    fn error(provider: &Provider, error: ProxyError, attempts: u32) -> Served {
+        Served {
+            answer: Answer::Error {
+                error,
+                shape: provider.shape,
+                attempts,
+            },
+            by: None,
+        }
+    }
+}
+
+/// One pass over `round.order`. `Ok` is the final answer (relay, or a timeout); `Err` says how
+/// the last failure went.
+pub(crate) fn try_round(
+    proxy: &Proxy,
+    provider: &Provider,
+    upstream: &UpstreamRequest,
+    body: &[u8],
+    model: Option<&str>,
+    round: &mut Round,
+    attempts: &mut u32,
+) -> Result<Served, LastFailure> {
+    let pool = &provider.pool;
+    let mut last = LastFailure::RateLimited;
+    // Keys whose failure may be about the request rather than the key: benched only if another
+    // key then serves the same request.
+    let mut suspects: Vec<(usize, BenchReason)> = Vec::new();
+    for &index in &round.order {
+        if !pool.is_ready(index, model, Instant::now()) {
+            continue;
+        }
+        *attempts += 1;
+        let key = pool.key(index);
+        let Some(uri) = upstream.uri(provider, key.secret()) else {
+            return Ok(Served::error(provider, ProxyError::BadRequest, *attempts));
+        };
+        let headers = upstream.headers_with_key(provider, key);
+        let sent_body = upstream.has_body.then_some(body);
+        // Every way of getting no answer counts as unreachable for this key's counters.
+        let called = upstream::call(&proxy.agent, &upstream.method, uri, headers, sent_body)
+            .inspect_err(|_| pool.record(index, AttemptClass::Unreachable));
+        let mut response = match called {
+            Ok(response) => response,
+            Err(CallFailure::TimedOut) => {
+                let host = provider.host.clone();
+                let secs = proxy.limits.upstream_timeout.as_secs();
+                return Ok(Served::error(
+                    provider,
+                    ProxyError::Timeout { host, secs },
+                    *attempts,
+                ));
+            }
+            Err(CallFailure::Failed(why)) => {
+                debug!(
+                    "{} key={} upstream failed after the request was sent: {why}",
+                    provider.name, key
+                );
+                let host = provider.host.clone();
+                return Ok(Served::error(
+                    provider,
+                    ProxyError::UpstreamFailed { host },
+                    *attempts,
+                ));
+            }
+            Err(CallFailure::Unreachable(why)) => {
+                debug!("{} key={} unreachable: {why}", provider.name, key);
+                last = LastFailure::Unreachable;
+                continue;
+            }
+        };
+        let status = response.status().as_u16();
+        let error_body = needs_body(status).then(|| read_error_body(&mut response));
+        let error_text = error_body.as_deref().unwrap_or_default();
+        match verdict(status, error_text, !round.ids.is_empty()) {
+            // keyrelay never forwards an upgrade, so a switch of protocols is nonsense here.
+            Verdict::Relay if status < 200 => {
+                pool.record(index, AttemptClass::ServerError);
+                let host = provider.host.clone();
+                return Ok(Served::error(
+                    provider,
+                    ProxyError::UpstreamFailed { host },
+                    *attempts,
+                ));
+            }
+            Verdict::Relay => {
+                pool.record(index, AttemptClass::Success);
+                if proxy.limits.headroom {
+                    note_headroom(provider, index, model, response.headers());
+                }
+                let ok = (200..300).contains(&status);
+                let watch = ok.then(|| {
+                    learn_from(
+                        proxy, provider, upstream, body, round, index, model, &suspects,
+                    )
+                });
+                let answer = relay_answer(
+                    provider, upstream, key, response, error_body, *attempts, watch,
+                );
+                return Ok(Served {
+                    answer,
+                    by: ok.then_some(index),
+                });
+            }
+            Verdict::RegionBlocked => {
+                pool.record(index, AttemptClass::Rejected);
+                warn_region_block(provider);
+                let answer = relay_answer(
+                    provider, upstream, key, response, error_body, *attempts, None,
+                );
+                return Ok(Served { answer, by: None });
+            }
+            Verdict::NotOwned => {
+                pool.record(index, AttemptClass::NotOwned);
+                round.not_owned_seen = true;
+                debug!(
+                    "{} key={} answered {status}: its account has no such object; trying the next key",
+                    provider.name, key
+                );
+                if round.strict {
+                    return Err(LastFailure::NotOwned);
+                }
+                last =
+                    LastFailure::Answer(Box::new(save(provider, response, error_body)), key.mask());
+            }
+            found @ (Verdict::NoAccess | Verdict::Forbidden) => {
+                let (class, reason) = if found == Verdict::NoAccess {
+                    (AttemptClass::NoAccess, BenchReason::NoAccess(status))
+                } else {
+                    (AttemptClass::Rejected, BenchReason::Forbidden)
+                };
+                pool.record(index, class);
+                suspects.push((index, reason));
+                debug!(
+                    "{} key={} answered {status} ({reason}); trying the next key",
+                    provider.name, key
+                );
+                last =
+                    LastFailure::Answer(Box::new(save(provider, response, error_body)), key.mask());
+            }
+            Verdict::RateLimited => {
+                pool.record(index, AttemptClass::RateLimited);
+                let cooldown = cooldown_of(response.headers(), error_text, proxy.limits.cooldown);
+                let reason = BenchReason::RateLimited;
+                pool.bench(index, model, Instant::now() + cooldown, reason);
+                warn!(
+                    "{} key={} benched for {}s{}: {reason}",
+                    provider.name,
+                    key,
+                    cooldown.as_secs_f64().ceil(),
+                    model.map(|m| format!(" for model {m}")).unwrap_or_default()
+                );
+                last = LastFailure::RateLimited;
+            }
+            found @ (Verdict::KeyRejected | Verdict::QuotaExhausted) => {
+                // Dead or spent: no cooldown clears it, so the whole key sits out for long.
+                let (class, reason, bench, advice) = if found == Verdict::KeyRejected {
+                    let reason = BenchReason::Rejected(status);
+                    (
+                        AttemptClass::Rejected,
+                        reason,
+                        REJECTED_KEY_BENCH,
+                        "check that the key is valid",
+                    )
+                } else {
+                    let reason = BenchReason::QuotaExhausted(status);
+                    (
+                        AttemptClass::QuotaExhausted,
+                        reason,
+                        QUOTA_BENCH,
+                        "top up its balance or remove it",
+                    )
+                };
+                pool.record(index, class);
+                pool.bench(index, None, Instant::now() + bench, reason);
+                warn!(
+                    "{} key={} benched for {}s: {reason}; {advice}",
+                    provider.name,
+                    key,
+                    bench.as_secs()
+                );
+                last =
+                    LastFailure::Answer(Box::new(save(provider, response, error_body)), key.mask());
+            }
+            Verdict::ServerError => {
+                pool.record(index, AttemptClass::ServerError);
+                debug!(
+                    "{} key={} upstream answered {status}, trying the next key",
+                    provider.name, key
+                );
+                last =
+                    LastFailure::Answer(Box::new(save(provider, response, error_body)), key.mask());
+            }
+        }
+    }
+    Err(last)
+}
+
+/// What a successful answer with the key at `index` teaches, before it is relayed: the
+/// suspects' failures were about them (bench them), the ids a key-by-key search was looking
+/// for belong to this key, a deleted object is gone; and the watch that learns the ids the
+/// answer itself names.
+#[allow(clippy::too_many_arguments)] // reason: one call site; a struct would only rename them
+fn learn_from(
+    proxy: &Proxy,
+    provider: &Provider,
+    upstream: &UpstreamRequest,
+    body: &[u8],
+    round: &Round,
+    index: usize,
+    model: Option<&str>,
+    suspects: &[(usize, BenchReason)],
+) -> AnswerWatch {
+    let pool = &provider.pool;
+    let now = Instant::now();
+    for &(suspect, reason) in suspects {
+        let (model, until) = match reason {
+            BenchReason::NoAccess(_) => match model {
+                Some(model) => (Some(model), now + NO_ACCESS_BENCH),
+                None => continue,
+            },
+            _ => (None, now + proxy.limits.cooldown),
+        };
+        pool.bench(suspect, model, until, reason);
+        warn!(
+            "{} key={} benched for {}s{}: {reason}; key={} served the same request",
+            provider.name,
+            pool.key(suspect),
+            until.saturating_duration_since(now).as_secs(),
+            model.map(|m| format!(" for model {m}")).unwrap_or_default(),
+            pool.key(index)
+        );
+    }
+    let affinity = &provider.affinity;
+    let key = pool.key(index);
+    if upstream.method == Method::DELETE {
+        affinity.forget(round.ids.iter().map(String::as_str));
+    } else if round.not_owned_seen && !round.ids.is_empty() {
+        let news = affinity.learn(round.ids.iter().map(String::as_str), key.id(), now);
+        for _ in 0..news {
+            affinity.count(Kind::Resource, Outcome::Discovered);
+        }
+        info!(
+            "{} key={} owns {}: found by trying keys",
+            provider.name,
+            key,
+            round.ids.join(", ")
+        );
+    }
+    let stored = affinity.dialect == Dialect::OpenAi
+        && upstream.url.contains("/chat/completions")
+        && asks_to_store(body);
+    AnswerWatch::new(Arc::clone(affinity), key.id(), stored)
+}
+
+/// Whether a chat request asks OpenAI to store its completion (`"store": true`).
+fn asks_to_store(body: &[u8]) -> bool {
+    json::top_level_members(body).any(|(name, value)| name == b"store" && value == b"true")
+}
+
+/// Logs, at most once a minute, that the upstream refuses where requests come from.
+fn warn_region_block(provider: &Provider) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 60
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        warn!(
+            "{}: the upstream refuses requests from this machine's country or region (403 unsupported_country_region_territory); this is the same for every key, so nothing is benched. Route keyrelay's egress through a supported region.",
+            provider.name
+        );
+    }
+}
+
+pub(crate) fn read_error_body(response: &mut ureq::http::Response<ureq::Body>) -> Vec<u8> {
+    let mut body = Vec::new();
+    // A body that fails half-way is still useful for what was read; the status says enough.
+    let _ = response
+        .body_mut()
+        .as_reader()
+        .take(MAX_ERROR_BODY)
+        .read_to_end(&mut body);
+    body
+}
+
+/// Reads what a successful answer says the key has left; a key with nothing left is benched
+/// (for this model) until its window resets, so the next request goes to another key instead
+/// of earning a 429.
+fn note_headroom(provider: &Provider, index: usize, model: Option<&str>, headers: &HeaderMap) {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let headroom = Headroom::from_headers(header, SystemTime::now());
+    if !headroom.reported() {
+        return;
+    }
+    let now = Instant::now();
+    let wait = headroom.exhausted_for().map(|wait| wait.min(MAX_COOLDOWN));
+    // Exhausted: when the key frees; otherwise the next window reset reported.
+    let next_reset = [headroom.requests, headroom.tokens]
+        .into_iter()
+        .flatten()
+        .filter_map(|limit| limit.reset)
+        .min();
+    provider.pool.report_headroom(
+        index,
+        HeadroomReport {
+            requests_remaining: headroom.requests.map(|l| l.remaining),
+            tokens_remaining: headroom.tokens.map(|l| l.remaining),
+            resets_at: wait.or(next_reset).map(|d| now + d),
+        },
+    );
+    if let Some(wait) = wait.filter(|w| !w.is_zero()) {
+        let reason = BenchReason::NoHeadroom;
+        provider.pool.bench(index, model, now + wait, reason);
+        info!(
+            "{} key={} skipped for {}s{}: {reason}",
+            provider.name,
+            provider.pool.key(index),
+            wait.as_secs_f64().ceil(),
+            model.map(|m| format!(" for model {m}")).unwrap_or_default()
+        );
+    }
+}
+
+/// The answer to relay. A 2xx answer and a stream flow through as they arrive; another error
+/// answer is held (when small) so the pool's keys can be masked in it.
+fn relay_answer(
+    provider: &Provider,
+    upstream: &UpstreamRequest,
+    key: &ApiKey,
+    mut response: ureq::http::Response<ureq::Body>,
+    error_body: Option<Vec<u8>>,
+    attempts: u32,
+    watch: Option<AnswerWatch>,
+) -> Answer {
+    if provider.affinity.dialect == Dialect::Gemini {
+        rewrite_upload_url(provider, upstream, key, response.headers_mut());
+    }
+    let key = key.mask();
+    let status = response.status().as_u16();
+    let stream = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let held = match error_body {
+        Some(body) => Ok(body),
+        None if (200..300).contains(&status) || stream => Err(Vec::new()),
+        None => read_small(&mut response.body_mut().as_reader()),
+    };
+    match held {
+        Ok(body) => {
+            let mut answer = SavedAnswer {
+                status,
+                headers: std::mem::take(response.headers_mut()),
+                body,
+            };
+            redact_saved(&provider.pool, &mut answer);
+            Answer::Saved {
+                answer,
+                attempts,
+                key,
+            }
+        }
+        Err(prefix) => {
+            redact_location(&provider.pool, response.headers_mut());
+            Answer::Live {
+                response,
+                prefix,
+                attempts,
+                key,
+                watch,
+            }
+        }
+    }
+}
+
+/// Keeps a failed answer to relay if no other key succeeds (keys masked); `body` when already
+/// read.
+pub(crate) fn save(
+    provider: &Provider,
+    mut response: ureq::http::Response<ureq::Body>,
+    body: Option<Vec<u8>>,
+) -> SavedAnswer {
+    let body = body.unwrap_or_else(|| read_error_body(&mut response));
+    let mut answer = SavedAnswer {
+        status: response.status().as_u16(),
+        headers: std::mem::take(response.headers_mut()),
+        body,
+    };
+    redact_saved(&provider.pool, &mut answer);
+    answer
+}
