@@ -1,11 +1,14 @@
-//! STATE_FILE: cooldowns, benches (reason, until) and disabled flags outlive a restart, so a key
-//! benched until Pacific midnight is not hammered again by every deploy. Keys are named in the
-//! file by a SHA-256 prefix, never by the key. Written atomically (temp file + rename) at most
-//! about once a second when something changed, and at shutdown; read at start. A corrupt or
-//! unreadable file is logged and ignored, never fatal.
+//! STATE_FILE: cooldowns, benches (reason, until), disabled flags, learned object ids and
+//! conversations outlive a restart, so a key benched until Pacific midnight is not hammered
+//! again by every deploy, and a file or batch keeps its key. Keys are named in the file by a
+//! SHA-256 prefix, never by the key. Written atomically (temp file + rename) at most about once
+//! a second when something changed, and at shutdown; read at start. A corrupt or unreadable
+//! file is logged and ignored, never fatal.
 //!
-//! Format, one line each: `keyrelay-state 1`, then
-//! `<provider> <key-id> disabled` and `<provider> <key-id> bench <unix-secs> <reason> <model|->`.
+//! Format, one line each: `keyrelay-state 2` (a version 1 file is read too), then
+//! `<provider> <key-id> disabled`, `<provider> <key-id> bench <unix-secs> <reason> <model|->`,
+//! `<provider> <key-id> id <unix-secs last used> <object id>` and
+//! `<provider> <key-id> session <unix-secs last used> <conversation hash>`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -16,7 +19,14 @@ use log::{info, warn};
 use crate::keys::{ApiKey, Bench, BenchReason};
 use crate::proxy::Proxy;
 
-const HEADER: &str = "keyrelay-state 1";
+const HEADER: &str = "keyrelay-state 2";
+
+/// The header of files written before ids and sessions were kept; still read.
+const HEADER_V1: &str = "keyrelay-state 1";
+
+/// How often learned ids and conversations are written again when only their last-use times
+/// changed (a restart then ages them from at most this long ago).
+const AFFINITY_REFRESH: Duration = Duration::from_secs(60);
 
 /// How often the writer looks for changes.
 pub const WRITE_EVERY: Duration = Duration::from_secs(1);
@@ -50,8 +60,45 @@ fn parse_reason(word: &str) -> Option<BenchReason> {
     }
 }
 
-/// The state of every pool as file text (ended cooldowns are left out).
+/// The state of every pool and affinity table as file text (ended cooldowns are left out).
 pub fn render(proxy: &Proxy, now: Instant, wall_now: SystemTime) -> String {
+    render_pools(proxy, now, wall_now) + &render_affinity(proxy, now, wall_now)
+}
+
+/// Seconds since the epoch of `at`, rounded up, as the wall clock puts it.
+fn unix_secs(at: Instant, now: Instant, wall_now: SystemTime) -> u64 {
+    let wall = if at >= now {
+        wall_now + (at - now)
+    } else {
+        wall_now - (now - at)
+    };
+    wall.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+}
+
+/// The learned ids and conversations of every provider, one line each.
+fn render_affinity(proxy: &Proxy, now: Instant, wall_now: SystemTime) -> String {
+    let mut out = String::new();
+    for provider in proxy.providers().iter() {
+        let affinity = &provider.affinity;
+        for (id, owner) in affinity.ids(now) {
+            let secs = unix_secs(owner.touched, now, wall_now);
+            let _ = writeln!(out, "{} {:016x} id {secs} {id}", provider.name, owner.key);
+        }
+        for (conversation, owner) in affinity.sessions(now) {
+            let secs = unix_secs(owner.touched, now, wall_now);
+            let _ = writeln!(
+                out,
+                "{} {:016x} session {secs} {conversation:016x}",
+                provider.name, owner.key
+            );
+        }
+    }
+    out
+}
+
+/// The state of every pool (header included).
+fn render_pools(proxy: &Proxy, now: Instant, wall_now: SystemTime) -> String {
     let mut out = format!("{HEADER}\n");
     for provider in proxy.providers().iter() {
         for (index, snap) in provider.pool.snapshot(now).into_iter().enumerate() {
@@ -65,10 +112,7 @@ pub fn render(proxy: &Proxy, now: Instant, wall_now: SystemTime) -> String {
             for bench in &snap.benches {
                 // Whole seconds, rounded up: the same state renders the same text from one
                 // second to the next, so an unchanged pool is not rewritten.
-                let until = wall_now + bench.until.saturating_duration_since(now);
-                let secs = until
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+                let secs = unix_secs(bench.until.max(now), now, wall_now);
                 let _ = writeln!(
                     out,
                     "{} {id} bench {secs} {} {}",
@@ -91,13 +135,23 @@ pub fn apply(
     wall_now: SystemTime,
 ) -> Result<usize, String> {
     let mut lines = text.lines();
-    if lines.next() != Some(HEADER) {
+    if !matches!(lines.next(), Some(HEADER | HEADER_V1)) {
         return Err(format!("it does not start with {HEADER:?}"));
     }
     enum Entry {
         Disabled,
         Bench(Bench),
+        /// A learned id or a conversation, and when it was last used.
+        Id(String, Instant),
+        Session(u64, Instant),
     }
+    // When an entry last used at `secs` was used, on this process's clock; `None` if that is
+    // before this machine's clock can say.
+    let used_at = |secs: u64| {
+        let wall = UNIX_EPOCH + Duration::from_secs(secs.min(1 << 40));
+        let ago = wall_now.duration_since(wall).unwrap_or(Duration::ZERO);
+        now.checked_sub(ago)
+    };
     let mut entries = Vec::new();
     for (number, line) in lines.enumerate() {
         let bad = || format!("line {} is not a state entry", number + 2);
@@ -123,6 +177,17 @@ pub fn apply(
                     }),
                 )
             }
+            [provider, id, "id", secs, object] => {
+                let secs: u64 = secs.parse().map_err(|_| bad())?;
+                let Some(at) = used_at(secs) else { continue };
+                (*provider, *id, Entry::Id(object.to_string(), at))
+            }
+            [provider, id, "session", secs, hash] => {
+                let secs: u64 = secs.parse().map_err(|_| bad())?;
+                let hash = u64::from_str_radix(hash, 16).map_err(|_| bad())?;
+                let Some(at) = used_at(secs) else { continue };
+                (*provider, *id, Entry::Session(hash, at))
+            }
             [] | [""] => continue,
             _ => return Err(bad()),
         };
@@ -143,7 +208,10 @@ pub fn apply(
         let Some(index) = ids[at].iter().position(|known| *known == id) else {
             continue; // a key no longer configured
         };
+        let key = provider.pool.key(index).id();
         match entry {
+            Entry::Id(object, at) => provider.affinity.restore_id(&object, key, at),
+            Entry::Session(hash, at) => provider.affinity.restore_session(hash, key, at),
             Entry::Disabled => provider.pool.set_disabled(index, true),
             Entry::Bench(bench) => {
                 provider
@@ -161,7 +229,7 @@ pub fn load(proxy: &Proxy, path: &Path) {
     match std::fs::read_to_string(path) {
         Ok(text) => match apply(proxy, &text, Instant::now(), SystemTime::now()) {
             Ok(n) => info!(
-                "STATE_FILE {}: restored {n} cooldown(s) and disabled flag(s)",
+                "STATE_FILE {}: restored {n} cooldown(s), disabled flag(s), learned id(s) and conversation(s)",
                 path.display()
             ),
             Err(why) => warn!("STATE_FILE {} ignored: {why}", path.display()),
@@ -188,6 +256,11 @@ pub struct Writer {
     path: PathBuf,
     last: String,
     warned: bool,
+    /// The affinity lines as last rendered, the tables' generations then, and when: they are
+    /// rendered again only when an owner changed or [`AFFINITY_REFRESH`] passed.
+    affinity: String,
+    affinity_generation: Option<u64>,
+    affinity_at: Option<Instant>,
 }
 
 impl Writer {
@@ -197,12 +270,29 @@ impl Writer {
             path,
             last: String::new(),
             warned: false,
+            affinity: String::new(),
+            affinity_generation: None,
+            affinity_at: None,
         }
     }
 
     /// Writes the current state if it changed.
     pub fn sync(&mut self, proxy: &Proxy) {
-        let text = render(proxy, Instant::now(), SystemTime::now());
+        let (now, wall_now) = (Instant::now(), SystemTime::now());
+        let generation = proxy
+            .providers()
+            .iter()
+            .map(|p| p.affinity.generation())
+            .fold(0u64, u64::wrapping_add);
+        let stale = self
+            .affinity_at
+            .is_none_or(|at| now.duration_since(at) >= AFFINITY_REFRESH);
+        if stale || self.affinity_generation != Some(generation) {
+            self.affinity = render_affinity(proxy, now, wall_now);
+            self.affinity_generation = Some(generation);
+            self.affinity_at = Some(now);
+        }
+        let text = render_pools(proxy, now, wall_now) + &self.affinity;
         if text == self.last {
             return;
         }
@@ -265,6 +355,40 @@ mod tests {
     }
 
     #[test]
+    fn learned_ids_and_conversations_survive_a_round_trip() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let before = proxy("sk-state-key-0000001,sk-state-key-0000002");
+        let provider = &before.providers()[0];
+        let owner = provider.pool.key(1).id();
+        provider
+            .affinity
+            .learn(["file-abc123", "resp_xyz789"], owner, now);
+        provider.affinity.record_session(0xfeed, owner, now);
+        let text = render(&before, now, wall);
+        assert!(
+            text.starts_with(HEADER) && !text.contains("sk-state"),
+            "{text}"
+        );
+        let after = proxy("sk-state-key-0000002,sk-state-key-0000003");
+        assert_eq!(apply(&after, &text, now, wall), Ok(3));
+        let provider = &after.providers()[0];
+        let ids = ["file-abc123".to_string()];
+        let pin = provider
+            .affinity
+            .resource_pin(&ids, provider.pool.keys(), now);
+        assert_eq!(
+            pin,
+            crate::keys::affinity::ResourcePin::Key {
+                index: 0,
+                id: "file-abc123".into()
+            }
+        );
+        assert_eq!(provider.affinity.session_owner(0xfeed, now), Some(owner));
+        // A version 1 file (before ids were kept) is still read.
+        assert_eq!(apply(&after, "keyrelay-state 1\n", now, wall), Ok(0));
+    }
+
+    #[test]
     fn a_corrupt_file_is_refused_whole_and_ended_cooldowns_are_dropped() {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let p = proxy("sk-state-key-0000001");
@@ -272,14 +396,14 @@ mod tests {
         assert!(
             apply(
                 &p,
-                "keyrelay-state 1\nopenai x bench soon rate_limited -",
+                "keyrelay-state 2\nopenai x bench soon rate_limited -",
                 now,
                 wall
             )
             .is_err()
         );
         let id = key_id(p.providers()[0].pool.key(0));
-        let ended = format!("keyrelay-state 1\nopenai {id} bench 1000 rate_limited -\n");
+        let ended = format!("keyrelay-state 2\nopenai {id} bench 1000 rate_limited -\n");
         assert_eq!(apply(&p, &ended, now, wall), Ok(0));
         assert!(p.providers()[0].pool.is_ready(0, None, now));
     }

@@ -62,6 +62,38 @@ pub(super) fn metrics(proxy: &Proxy) -> String {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP keyrelay_affinity_total Affinity events, by provider, kind (resource: an object's owner; session: a conversation's key) and outcome."
+    );
+    let _ = writeln!(out, "# TYPE keyrelay_affinity_total counter");
+    for provider in proxy.providers().iter() {
+        for (kind, outcome, count) in provider.affinity.counts() {
+            let _ = writeln!(
+                out,
+                "keyrelay_affinity_total{{provider={},kind={},outcome={}}} {count}",
+                label(&provider.name),
+                label(kind.label()),
+                label(outcome.label())
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP keyrelay_affinity_entries Learned object ids and live conversations, by provider."
+    );
+    let _ = writeln!(out, "# TYPE keyrelay_affinity_entries gauge");
+    for provider in proxy.providers().iter() {
+        let (ids, sessions) = provider.affinity.sizes(now);
+        for (table, n) in [("ids", ids), ("sessions", sessions)] {
+            let _ = writeln!(
+                out,
+                "keyrelay_affinity_entries{{provider={},table={}}} {n}",
+                label(&provider.name),
+                label(table)
+            );
+        }
+    }
     let _ = writeln!(out, "# HELP keyrelay_keys Keys by state.");
     let _ = writeln!(out, "# TYPE keyrelay_keys gauge");
     out.push_str(&key_rows);

@@ -3,6 +3,7 @@
 use std::time::{Instant, SystemTime};
 
 use crate::json::quote;
+use crate::keys::affinity::Kind;
 use crate::keys::{AttemptClass, BenchReason, KeySnapshot};
 use crate::proxy::Proxy;
 use crate::utc::format_rfc3339;
@@ -33,6 +34,15 @@ pub(super) fn key_state(snapshot: &KeySnapshot) -> (&'static str, Option<Instant
     }
 }
 
+/// The models a key's account cannot use (benched as `no_access`).
+pub(super) fn no_access_models(snapshot: &KeySnapshot) -> impl Iterator<Item = &str> {
+    snapshot
+        .benches
+        .iter()
+        .filter(|b| matches!(b.reason, BenchReason::NoAccess(_)))
+        .filter_map(|b| b.model.as_deref())
+}
+
 fn wall_time(until: Instant, now: Instant, wall_now: SystemTime) -> String {
     format_rfc3339(wall_now + until.saturating_duration_since(now))
 }
@@ -58,13 +68,15 @@ pub(super) fn status(proxy: &Proxy) -> String {
                 })
                 .collect();
             let s = &snap.stats;
+            let no_access: Vec<String> = no_access_models(&snap).map(quote).collect();
             keys.push(format!(
-                r#"{{"position":{},"key":{},"state":{},"until":{},"cooldowns":[{}],"requests":{},"successes":{},"rate_limited":{},"quota_exhausted":{},"other_errors":{},"last_error":{},"headroom":{}}}"#,
+                r#"{{"position":{},"key":{},"state":{},"until":{},"cooldowns":[{}],"no_access":[{}],"requests":{},"successes":{},"rate_limited":{},"quota_exhausted":{},"other_errors":{},"last_error":{},"headroom":{}}}"#,
                 index + 1,
                 quote(&snap.mask),
                 quote(state),
                 until.map_or("null".to_string(), |u| quote(&wall_time(u, now, wall_now))),
                 cooldowns.join(","),
+                no_access.join(","),
                 s.requests,
                 s.successes,
                 s.rate_limited,
@@ -79,10 +91,23 @@ pub(super) fn status(proxy: &Proxy) -> String {
                 ))
             ));
         }
+        let affinity = &provider.affinity;
+        let (ids, sessions) = affinity.sizes(now);
+        let mut counts: Vec<String> = Vec::new();
+        for kind in Kind::ALL {
+            let members: Vec<String> = affinity
+                .counts()
+                .into_iter()
+                .filter(|(k, _, _)| *k == kind)
+                .map(|(_, outcome, n)| format!("{}:{n}", quote(outcome.label())))
+                .collect();
+            counts.push(format!("{}:{{{}}}", quote(kind.label()), members.join(",")));
+        }
         providers.push(format!(
-            r#"{{"name":{},"base_url":{},"keys":[{}]}}"#,
+            r#"{{"name":{},"base_url":{},"learned_ids":{ids},"live_sessions":{sessions},"affinity":{{{}}},"keys":[{}]}}"#,
             quote(&provider.name),
             quote(&provider.base_url),
+            counts.join(","),
             keys.join(",")
         ));
     }

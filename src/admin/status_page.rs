@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use super::status::key_state;
+use super::status::{key_state, no_access_models};
 use crate::keys::AttemptClass;
 use crate::proxy::Proxy;
 
@@ -56,10 +56,12 @@ pub fn render(proxy: &Proxy) -> String {
         proxy.load.connections(),
     );
     for provider in proxy.providers().iter() {
+        let (ids, sessions) = provider.affinity.sizes(now);
         let _ = write!(
             out,
-            "<h2>{} <small>{}</small></h2><div class=\"wrap\"><table><tr><th>#</th><th>key</th>\
-<th>state</th><th>cooldowns</th><th>headroom</th><th>requests</th><th>ok</th><th>429</th><th>errors</th></tr>",
+            "<h2>{} <small>{}</small></h2><div class=\"top\"><span>learned ids {ids}</span>\
+<span>live sessions {sessions}</span></div><div class=\"wrap\"><table><tr><th>#</th><th>key</th>\
+<th>state</th><th>cooldowns</th><th>no access</th><th>headroom</th><th>requests</th><th>ok</th><th>429</th><th>errors</th></tr>",
             esc(&provider.name),
             esc(&provider.base_url)
         );
@@ -100,18 +102,24 @@ pub fn render(proxy: &Proxy) -> String {
                 });
                 format!("{} left{resets}", left.join(", "))
             });
+            let no_access: Vec<String> = no_access_models(&snap).map(esc).collect();
             let s = &snap.stats;
             let errors = s.other_errors;
             let _ = write!(
                 out,
                 "<tr><td>{}</td><td><code>{}</code></td><td class=\"{state}\">{state}{frees}</td><td>{}</td>\
-<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{errors}{}</td></tr>",
+<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{errors}{}</td></tr>",
                 index + 1,
                 esc(&snap.mask),
                 if cooldowns.is_empty() {
                     "-".to_string()
                 } else {
                     cooldowns.join("<br>")
+                },
+                if no_access.is_empty() {
+                    "-".to_string()
+                } else {
+                    no_access.join("<br>")
                 },
                 esc(&headroom),
                 s.requests,

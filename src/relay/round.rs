@@ -153,11 +153,13 @@ pub(crate) fn try_round(
                     note_headroom(provider, index, model, response.headers());
                 }
                 let ok = (200..300).contains(&status);
-                let watch = ok.then(|| {
-                    learn_from(
-                        proxy, provider, upstream, body, round, index, model, &suspects,
-                    )
-                });
+                let watch = ok
+                    .then(|| {
+                        learn_from(
+                            proxy, provider, upstream, body, round, index, model, &suspects,
+                        )
+                    })
+                    .flatten();
                 let answer = relay_answer(
                     provider, upstream, key, response, error_body, *attempts, watch,
                 );
@@ -263,7 +265,7 @@ pub(crate) fn try_round(
 /// What a successful answer with the key at `index` teaches, before it is relayed: the
 /// suspects' failures were about them (bench them), the ids a key-by-key search was looking
 /// for belong to this key, a deleted object is gone; and the watch that learns the ids the
-/// answer itself names.
+/// answer itself names (none for a deletion, whose answer names what is gone).
 #[allow(clippy::too_many_arguments)] // reason: one call site; a struct would only rename them
 fn learn_from(
     proxy: &Proxy,
@@ -274,7 +276,7 @@ fn learn_from(
     index: usize,
     model: Option<&str>,
     suspects: &[(usize, BenchReason)],
-) -> AnswerWatch {
+) -> Option<AnswerWatch> {
     let pool = &provider.pool;
     let now = Instant::now();
     for &(suspect, reason) in suspects {
@@ -299,7 +301,9 @@ fn learn_from(
     let key = pool.key(index);
     if upstream.method == Method::DELETE {
         affinity.forget(round.ids.iter().map(String::as_str));
-    } else if round.not_owned_seen && !round.ids.is_empty() {
+        return None;
+    }
+    if round.not_owned_seen && !round.ids.is_empty() {
         let news = affinity.learn(round.ids.iter().map(String::as_str), key.id(), now);
         for _ in 0..news {
             affinity.count(Kind::Resource, Outcome::Discovered);
@@ -314,7 +318,7 @@ fn learn_from(
     let stored = affinity.dialect == Dialect::OpenAi
         && upstream.url.contains("/chat/completions")
         && asks_to_store(body);
-    AnswerWatch::new(Arc::clone(affinity), key.id(), stored)
+    Some(AnswerWatch::new(Arc::clone(affinity), key.id(), stored))
 }
 
 /// Whether a chat request asks OpenAI to store its completion (`"store": true`).

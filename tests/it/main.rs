@@ -3,6 +3,7 @@
 
 mod support;
 
+mod affinity;
 mod config;
 mod frontend;
 mod hardening;

@@ -7,6 +7,7 @@ pub mod procfs;
 pub mod proxy;
 #[cfg(test)]
 mod selftest;
+pub mod stateful;
 
 use std::net::TcpListener;
 use std::thread;
