@@ -152,14 +152,17 @@ fn string_at(body: &[u8], i: usize) -> Option<(&[u8], usize)> {
         return None;
     }
     let mut end = i + 1;
-    while end < body.len() {
-        match body[end] {
-            b'"' => return Some((&body[i + 1..end], end + 1)),
-            b'\\' => end += 2,
-            _ => end += 1,
+    loop {
+        // Jump to the next quote or backslash: most of a body is the inside of strings.
+        end += body
+            .get(end..)?
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\')?;
+        if body[end] == b'"' {
+            return Some((&body[i + 1..end], end + 1));
         }
+        end += 2;
     }
-    None
 }
 
 /// The index just after the JSON value starting at `i`.
@@ -169,24 +172,26 @@ fn skip_value(body: &[u8], i: usize) -> Option<usize> {
         b'{' | b'[' => {
             let mut depth = 0usize;
             let mut at = i;
-            while at < body.len() {
+            loop {
+                at += body
+                    .get(at..)?
+                    .iter()
+                    .position(|&b| matches!(b, b'"' | b'{' | b'[' | b'}' | b']'))?;
                 match body[at] {
                     b'"' => {
                         at = string_at(body, at)?.1;
                         continue;
                     }
                     b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
+                    _ => {
                         depth -= 1;
                         if depth == 0 {
                             return Some(at + 1);
                         }
                     }
-                    _ => {}
                 }
                 at += 1;
             }
-            None
         }
         _ => {
             let len = body[i..]
@@ -195,6 +200,11 @@ fn skip_value(body: &[u8], i: usize) -> Option<usize> {
             Some(i + len)
         }
     }
+}
+
+/// Whether `body` starts like a JSON object or array (after white space).
+pub fn looks_like_json(body: &[u8]) -> bool {
+    matches!(body.get(skip_space(body, 0)), Some(b'{' | b'['))
 }
 
 /// The string values of fields named `name`, found lazily from the start of `body`.

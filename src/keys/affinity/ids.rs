@@ -119,7 +119,8 @@ impl Dialect {
                 push(id);
             }
         }
-        if !body.is_empty() {
+        // Only a JSON body names ids: an upload's bytes are not looked through.
+        if json::looks_like_json(body) {
             for raw in json::plain_strings(body) {
                 if let Some(id) = self.id_of_raw(raw) {
                     push(id);

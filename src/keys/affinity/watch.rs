@@ -2,7 +2,8 @@
 //! answer are looked at as they pass (a plain JSON answer names its object at the top, a
 //! Responses stream in its first event), and every id found is recorded for the key that got
 //! the answer before those bytes are written to the client. The relay is never held up: the
-//! look happens between the upstream read and the client write, on bytes already in memory.
+//! look happens between the upstream read and the client write, on bytes already in memory,
+//! and keeps no copy of them beyond the JSON string it is in the middle of.
 
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -13,15 +14,27 @@ use super::{Affinity, Kind, Outcome};
 /// How much of an answer is looked at.
 pub const WINDOW: usize = 64 * 1024;
 
-/// Learns ids from an answer's first bytes for one key.
+/// Longest string kept while looking for its end: an id is never longer.
+const LONGEST: usize = 258;
+
+/// Learns ids from an answer's first bytes for one key. It holds only the string being read
+/// (at most [`LONGEST`] bytes), not the answer: a thousand streams cost a thousand small
+/// buffers.
 pub struct AnswerWatch {
     affinity: Arc<Affinity>,
     key: u64,
     /// Stored chat completions are ids too (the request asked `store: true`).
     stored: bool,
-    window: Vec<u8>,
-    /// Where the next string to look at may start.
-    scanned: usize,
+    /// Bytes looked at so far.
+    seen: usize,
+    /// Inside a JSON string (after its opening quote).
+    in_string: bool,
+    /// The previous byte was a backslash inside the string.
+    escape_next: bool,
+    /// The string holds an escape or is too long: it names no id.
+    spoiled: bool,
+    /// The string so far.
+    current: Vec<u8>,
 }
 
 impl AnswerWatch {
@@ -31,59 +44,75 @@ impl AnswerWatch {
             affinity,
             key,
             stored,
-            window: Vec::new(),
-            scanned: 0,
+            seen: 0,
+            in_string: false,
+            escape_next: false,
+            spoiled: false,
+            current: Vec::new(),
         }
+    }
+
+    /// Whether the watch has looked at all it will.
+    pub fn done(&self) -> bool {
+        self.seen >= WINDOW
     }
 
     /// Looks at the next bytes of the answer.
     pub fn see(&mut self, bytes: &[u8]) {
-        let room = WINDOW - self.window.len();
-        if room == 0 || bytes.is_empty() {
+        let bytes = &bytes[..bytes.len().min(WINDOW.saturating_sub(self.seen))];
+        self.seen += bytes.len();
+        let mut found: Vec<String> = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            if !self.in_string {
+                let Some(open) = bytes[at..].iter().position(|&b| b == b'"') else {
+                    break;
+                };
+                at += open + 1;
+                self.in_string = true;
+                self.spoiled = false;
+                self.current.clear();
+                continue;
+            }
+            if self.escape_next {
+                self.escape_next = false;
+                at += 1;
+                continue;
+            }
+            let rest = &bytes[at..];
+            let stop = rest.iter().position(|&b| b == b'"' || b == b'\\');
+            let piece = &rest[..stop.unwrap_or(rest.len())];
+            if self.current.len() + piece.len() > LONGEST {
+                self.spoiled = true;
+            } else if !self.spoiled {
+                self.current.extend_from_slice(piece);
+            }
+            let Some(stop) = stop else { break };
+            at += stop + 1;
+            if rest[stop] == b'\\' {
+                self.escape_next = true;
+                self.spoiled = true;
+                continue;
+            }
+            self.in_string = false;
+            if !self.spoiled
+                && let Some(id) = self
+                    .affinity
+                    .dialect
+                    .answer_ids_raw(&self.current, self.stored)
+            {
+                found.push(id.to_string());
+            }
+        }
+        if found.is_empty() {
             return;
         }
-        self.window
-            .extend_from_slice(&bytes[..bytes.len().min(room)]);
-        let (found, scanned) = complete_strings(&self.window, self.scanned);
-        self.scanned = scanned;
-        let dialect = self.affinity.dialect;
-        let stored = self.stored;
-        let ids = found
-            .into_iter()
-            .filter_map(|(from, to)| dialect.answer_ids_raw(&self.window[from..to], stored));
-        let news = self.affinity.learn(ids, self.key, Instant::now());
+        let news = self
+            .affinity
+            .learn(found.iter().map(String::as_str), self.key, Instant::now());
         for _ in 0..news {
             self.affinity.count(Kind::Resource, Outcome::Learned);
         }
-    }
-}
-
-/// The spans of the complete, unescaped JSON strings in `bytes` from `from` on, and where the
-/// next look should start (at an unfinished string's opening quote, or the end).
-fn complete_strings(bytes: &[u8], from: usize) -> (Vec<(usize, usize)>, usize) {
-    let mut spans = Vec::new();
-    let mut at = from;
-    loop {
-        let Some(open) = bytes[at..].iter().position(|&b| b == b'"').map(|p| at + p) else {
-            return (spans, bytes.len());
-        };
-        let mut end = open + 1;
-        let mut escaped = false;
-        let close = loop {
-            match bytes.get(end) {
-                None => return (spans, open),
-                Some(b'"') => break end,
-                Some(b'\\') => {
-                    escaped = true;
-                    end += 2;
-                }
-                Some(_) => end += 1,
-            }
-        };
-        if !escaped {
-            spans.push((open + 1, close));
-        }
-        at = close + 1;
     }
 }
 
@@ -105,7 +134,7 @@ impl<R: Read> Read for Tapped<R> {
         let n = self.inner.read(buf)?;
         if let Some(watch) = &mut self.watch {
             watch.see(&buf[..n]);
-            if watch.window.len() >= WINDOW {
+            if watch.done() {
                 self.watch = None; // seen enough: the rest passes untouched
             }
         }
@@ -134,9 +163,24 @@ mod tests {
     }
 
     #[test]
-    fn spans_skip_escaped_strings() {
-        let (spans, next) = complete_strings(br#"{"a":"x\"y","b":"unfin"#, 0);
-        assert_eq!(spans, vec![(2, 3), (13, 14)]);
-        assert_eq!(next, 16);
+    fn escaped_and_overlong_strings_name_nothing_and_the_window_ends() {
+        let affinity = Arc::new(Affinity::new(Dialect::OpenAi, Duration::from_secs(60)));
+        let mut watch = AnswerWatch::new(Arc::clone(&affinity), 1, false);
+        let long = format!("file-{}", "x".repeat(400));
+        let body = format!(r#"{{"a":"file-esc\"aped1","b":"{long}","c":"file-plain001"}}"#);
+        for byte in body.as_bytes() {
+            watch.see(std::slice::from_ref(byte)); // one byte per read, the worst split
+        }
+        let ids: Vec<String> = affinity
+            .ids(Instant::now())
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(ids, ["file-plain001"]);
+        let mut late = AnswerWatch::new(Arc::clone(&affinity), 1, false);
+        late.see(&vec![b' '; WINDOW]);
+        assert!(late.done());
+        late.see(br#"{"id":"file-toolate01"}"#);
+        assert_eq!(affinity.sizes(Instant::now()).0, 1);
     }
 }
