@@ -47,5 +47,7 @@ mod request_id;
 mod request_log;
 mod respond;
 pub mod server;
-pub mod state_file;
+/// STATE_FILE, under its old path.
+pub use state::file as state_file;
+pub mod state;
 pub mod utc;

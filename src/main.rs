@@ -192,6 +192,20 @@ fn serve(config: Config) -> ExitCode {
         });
         writer
     });
+    if let Some(shared) = &config.shared_state {
+        // After STATE_FILE: what this instance remembers is offered to the store too.
+        match keyrelay::state::shared::SharedState::start(
+            shared,
+            config.session_ttl,
+            Arc::clone(&proxy),
+        ) {
+            Ok(_) => info!(
+                "shared state {}: connecting in the background",
+                shared.shown
+            ),
+            Err(message) => error!("{message}; serving without shared state"),
+        }
+    }
     let served = listener.serve(Arc::clone(&proxy), settings, reload);
     if let Some(writer) = state {
         writer

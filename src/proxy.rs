@@ -1,7 +1,7 @@
 //! The running proxy's shared state, built once from the configuration and shared by every
 //! worker: providers with their key pools, the upstream agent, limits and the id source.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use ureq::Agent;
@@ -10,10 +10,12 @@ use crate::agent;
 use crate::config::Config;
 use crate::keys::access::AccessTokens;
 use crate::keys::affinity::Affinity;
+use crate::keys::journal::{Attached, Journal};
 use crate::load::Load;
 use crate::metrics::Metrics;
 use crate::provider::Provider;
 use crate::request_id::RequestIds;
+use crate::state::shared::SharedState;
 
 /// Limits applied to every request.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +55,10 @@ pub struct Proxy {
     pub metrics: Metrics,
     /// Start time, for uptime.
     pub started: Instant,
+    /// Where key state changes are reported (SHARED_STATE_URL), once attached.
+    journal: OnceLock<Arc<dyn Journal>>,
+    /// The shared store, when SHARED_STATE_URL is set.
+    pub shared: OnceLock<Arc<SharedState>>,
 }
 
 impl Proxy {
@@ -79,6 +85,16 @@ impl Proxy {
             load: Arc::default(),
             metrics: Metrics::default(),
             started: Instant::now(),
+            journal: OnceLock::new(),
+            shared: OnceLock::new(),
+        }
+    }
+
+    /// Reports every later change of the key state (benches, disabled flags, learned ids,
+    /// conversations) to `journal`, for these providers and those a reload brings.
+    pub fn attach_journal(&self, journal: Arc<dyn Journal>) {
+        if self.journal.set(journal).is_ok() {
+            attach_all(&self.providers(), self.journal.get());
         }
     }
 
@@ -104,9 +120,20 @@ impl Proxy {
                 }
             }
         }
+        attach_all(&new, self.journal.get());
         let changes = describe_changes(&old, &new);
         *self.providers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
         changes
+    }
+}
+
+/// Attaches `journal` (when there is one) to each provider's pool and affinity tables.
+fn attach_all(providers: &[Provider], journal: Option<&Arc<dyn Journal>>) {
+    let Some(journal) = journal else { return };
+    for provider in providers {
+        let attached = Attached::new(&provider.name, Arc::clone(journal));
+        provider.pool.attach(attached.clone());
+        provider.affinity.attach(attached);
     }
 }
 

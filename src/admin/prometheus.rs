@@ -118,6 +118,14 @@ pub(super) fn metrics(proxy: &Proxy) -> String {
     );
     let _ = writeln!(out, "# TYPE keyrelay_queue_wait_seconds histogram");
     histogram(&mut out, "keyrelay_queue_wait_seconds", "", &queue_wait);
+    if let Some(shared) = proxy.shared.get() {
+        gauge(
+            &mut out,
+            "keyrelay_shared_state_up",
+            "1 while the shared store (SHARED_STATE_URL) answers, 0 while it is away.",
+            usize::from(shared.health().up),
+        );
+    }
     gauge(
         &mut out,
         "keyrelay_queue_depth",

@@ -111,8 +111,17 @@ pub(super) fn status(proxy: &Proxy) -> String {
             keys.join(",")
         ));
     }
+    let shared = proxy.shared.get().map_or("null".to_string(), |shared| {
+        let health = shared.health();
+        format!(
+            r#"{{"url":{},"state":{},"since":{}}}"#,
+            quote(shared.shown_url()),
+            quote(if health.up { "up" } else { "down" }),
+            quote(&format_rfc3339(health.since))
+        )
+    });
     format!(
-        r#"{{"status":"ok","version":{},"uptime_secs":{},"connections":{},"in_flight":{},"queued":{},"workers":{},"workers_busy":{},"providers":[{}]}}"#,
+        r#"{{"status":"ok","version":{},"uptime_secs":{},"connections":{},"in_flight":{},"queued":{},"workers":{},"workers_busy":{},"shared_state":{shared},"providers":[{}]}}"#,
         quote(env!("CARGO_PKG_VERSION")),
         proxy.started.elapsed().as_secs(),
         proxy.load.connections(),

@@ -55,6 +55,17 @@ pub fn render(proxy: &Proxy) -> String {
         proxy.load.workers(),
         proxy.load.connections(),
     );
+    if let Some(shared) = proxy.shared.get() {
+        let health = shared.health();
+        let _ = write!(
+            out,
+            "<div class=\"top\"><span>shared state <code>{}</code> <b class=\"{}\">{}</b> since {} ago</span></div>",
+            esc(shared.shown_url()),
+            if health.up { "ready" } else { "disabled" },
+            if health.up { "up" } else { "down" },
+            countdown(health.since.elapsed().unwrap_or_default())
+        );
+    }
     for provider in proxy.providers().iter() {
         let (ids, sessions) = provider.affinity.sizes(now);
         let _ = write!(

@@ -84,6 +84,10 @@ pub fn summary(config: &Config) -> Vec<String> {
         0 => "access control off: no PROXY_API_KEYS token configured".to_string(),
         n => format!("access control on: {n} PROXY_API_KEYS token(s) configured"),
     });
+    lines.push(match &config.shared_state {
+        None => "shared state off: this instance's memory (and STATE_FILE) only".to_string(),
+        Some(shared) => format!("shared state: {} (prefix {})", shared.shown, shared.prefix),
+    });
     for p in &config.providers {
         let masks: Vec<String> = p.keys.iter().map(|k| k.mask()).collect();
         lines.push(format!(

@@ -144,6 +144,16 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "keep cooldowns, benches and disabled keys in this file across restarts (keys named by a SHA-256 prefix)",
     },
     Setting {
+        name: "SHARED_STATE_URL",
+        default: "-",
+        meaning: "redis://[user:password@]host:port[/db] (Redis or Valkey): several instances share cooldowns, benches, disabled keys, learned ids and conversations through it; unset, each instance keeps its own (memory and STATE_FILE)",
+    },
+    Setting {
+        name: "SHARED_STATE_PREFIX",
+        default: "keyrelay",
+        meaning: "prefix of every Redis key and of the events channel, so two pools can share one Redis",
+    },
+    Setting {
         name: "LOG_LEVEL",
         default: "info",
         meaning: "error, warn, info or debug",
@@ -162,6 +172,11 @@ pub const SETTINGS: &[Setting] = &[
         name: "PROXY_API_KEYS",
         default: "-",
         meaning: "comma-separated client tokens; when set, every request except /health and / must carry one",
+    },
+    Setting {
+        name: "PROXY_API_KEYS_FILE",
+        default: "-",
+        meaning: "a file with the client tokens, one per line (# comments); read at start and on SIGHUP, instead of PROXY_API_KEYS (both set is an error). <NAME>_API_KEYS_FILE does the same for a provider's keys",
     },
     Setting {
         name: "ALLOW_UNAUTHENTICATED",
@@ -198,6 +213,17 @@ pub enum LogLevel {
     Info,
     /// Each attempt.
     Debug,
+}
+
+/// What `SHARED_STATE_URL` and `SHARED_STATE_PREFIX` say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedSettings {
+    /// The URL, password included: for the connection only, never printed.
+    pub url: String,
+    /// The URL with its password masked, for every message.
+    pub shown: String,
+    /// The prefix of every Redis key.
+    pub prefix: String,
 }
 
 /// Settings for one provider.
@@ -258,6 +284,8 @@ pub struct Config {
     pub log_file: Option<String>,
     /// Where cooldowns and disabled flags outlive a restart.
     pub state_file: Option<String>,
+    /// The store several instances share their key state through (SHARED_STATE_URL).
+    pub shared_state: Option<SharedSettings>,
     /// Client access tokens (empty: none required).
     pub proxy_tokens: Vec<ApiKey>,
     /// Providers, keyed by route name, in a fixed order.
@@ -317,9 +345,24 @@ pub fn layered_lookup(
     })
 }
 
+/// Reads the file a `*_FILE` variable names.
+pub type ReadFile<'a> = &'a dyn Fn(&str) -> std::io::Result<String>;
+
 impl Config {
-    /// Reads and validates every setting through `lookup`.
+    /// Reads and validates every setting through `lookup`; `*_API_KEYS_FILE` files are read
+    /// from disk.
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        Config::from_sources(lookup, &|path: &str| std::fs::read_to_string(path))
+    }
+
+    /// Reads and validates every setting through `lookup`, and the key files that
+    /// `<NAME>_API_KEYS_FILE` and `PROXY_API_KEYS_FILE` name through `read_file`.
+    pub fn from_sources(
+        lookup: &dyn Fn(&str) -> Option<String>,
+        read_file: ReadFile,
+    ) -> Result<Config, ConfigError> {
+        let from_files = key_files(lookup, read_file)?;
+        let lookup = |name: &str| from_files.get(name).cloned().or_else(|| lookup(name));
         let get = |name: &str| {
             lookup(name)
                 .map(|v| v.trim().to_string())
@@ -360,7 +403,9 @@ impl Config {
                 ),
             });
         }
+        let shared_state = parse_shared_state(&get)?;
         Ok(Config {
+            shared_state,
             log_file: get("LOG_FILE"),
             state_file: get("STATE_FILE"),
             proxy_tokens,
@@ -598,6 +643,107 @@ fn secs(
     default: u64,
 ) -> Result<Duration, ConfigError> {
     number(get, var, default, 1, 7 * 24 * 3600).map(Duration::from_secs)
+}
+
+/// The keys that `<NAME>_API_KEYS_FILE` and `PROXY_API_KEYS_FILE` files hold, as the
+/// comma-separated value of the variable without `_FILE` (one key per line in the file, `#`
+/// comments and blank lines skipped). A variable and its `_FILE` twin both set is an error.
+fn key_files(
+    lookup: &dyn Fn(&str) -> Option<String>,
+    read_file: ReadFile,
+) -> Result<std::collections::HashMap<String, String>, ConfigError> {
+    let set = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+    let mut vars: Vec<String> = ALWAYS.iter().map(|n| keys_var_for(n)).collect();
+    for name in set("PROVIDERS")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+    {
+        if !name.is_empty() {
+            vars.push(keys_var_for(name));
+        }
+    }
+    vars.push("PROXY_API_KEYS".to_string());
+    let mut found = std::collections::HashMap::new();
+    for var in vars {
+        let file_var = format!("{var}_FILE");
+        let Some(path) = set(&file_var) else { continue };
+        let path = path.trim();
+        if set(&var).is_some() {
+            return Err(ConfigError::Invalid {
+                var: file_var,
+                reason: format!("both {var} and {var}_FILE are set; keep one of them"),
+            });
+        }
+        let text = read_file(path).map_err(|err| ConfigError::Invalid {
+            var: file_var.clone(),
+            reason: format!("cannot read {path}: {err}"),
+        })?;
+        let keys: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .collect();
+        if keys.is_empty() && var == "PROXY_API_KEYS" {
+            return Err(ConfigError::Invalid {
+                var: file_var,
+                reason: format!(
+                    "{path} holds no token; list one per line, or unset it to run without access control"
+                ),
+            });
+        }
+        found.insert(var, keys.join(","));
+    }
+    Ok(found)
+}
+
+/// SHARED_STATE_URL (`redis://[user:password@]host:port[/db]`, also `valkey://`) and
+/// SHARED_STATE_PREFIX. The password is shown masked in every message.
+fn parse_shared_state(
+    get: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<SharedSettings>, ConfigError> {
+    let prefix = get("SHARED_STATE_PREFIX").unwrap_or_else(|| "keyrelay".to_string());
+    let prefix_ok = prefix.len() <= 64
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !prefix_ok {
+        return Err(ConfigError::Invalid {
+            var: "SHARED_STATE_PREFIX".to_string(),
+            reason: format!("{prefix:?} must be letters, digits, - _ or . (at most 64)"),
+        });
+    }
+    let Some(url) = get("SHARED_STATE_URL") else {
+        return Ok(None);
+    };
+    let shown = without_userinfo(&url);
+    let invalid = |reason: &str| ConfigError::Invalid {
+        var: "SHARED_STATE_URL".to_string(),
+        reason: format!("{shown:?} {reason}"),
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(invalid("is not a redis://host:port URL"));
+    };
+    match scheme {
+        "redis" | "valkey" => {}
+        "rediss" | "valkeys" => {
+            return Err(invalid(
+                "asks for TLS, which keyrelay does not speak to Redis; use redis:// on a private network or through a local TLS tunnel (stunnel, spiped)",
+            ));
+        }
+        _ => return Err(invalid("is not a redis:// or valkey:// URL")),
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(invalid("has no host"));
+    }
+    let shown = if authority.contains('@') {
+        shown
+    } else {
+        url.clone()
+    };
+    Ok(Some(SharedSettings { url, shown, prefix }))
 }
 
 /// A switch that defaults to on.

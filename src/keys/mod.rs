@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod affinity;
+pub mod journal;
 mod key;
 mod pool;
 

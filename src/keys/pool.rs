@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::journal::{Attached, Change, JournalSlot};
 use super::key::ApiKey;
 
 /// Why a key is benched.
@@ -26,6 +27,34 @@ pub enum BenchReason {
     NoAccess(u16),
     /// An unrecognised 403 for a request that another key then served: briefly.
     Forbidden,
+}
+
+impl BenchReason {
+    /// The reason as one word, for STATE_FILE and the shared store.
+    pub fn word(self) -> String {
+        match self {
+            BenchReason::RateLimited => "rate_limited".into(),
+            BenchReason::Rejected(status) => format!("rejected:{status}"),
+            BenchReason::QuotaExhausted(status) => format!("quota:{status}"),
+            BenchReason::NoHeadroom => "headroom".into(),
+            BenchReason::NoAccess(status) => format!("no_access:{status}"),
+            BenchReason::Forbidden => "forbidden".into(),
+        }
+    }
+
+    /// The reason [`BenchReason::word`] wrote.
+    pub fn from_word(word: &str) -> Option<BenchReason> {
+        let status = |rest: &str| rest.parse::<u16>().ok();
+        match word.split_once(':') {
+            None if word == "rate_limited" => Some(BenchReason::RateLimited),
+            None if word == "headroom" => Some(BenchReason::NoHeadroom),
+            None if word == "forbidden" => Some(BenchReason::Forbidden),
+            Some(("rejected", rest)) => status(rest).map(BenchReason::Rejected),
+            Some(("quota", rest)) => status(rest).map(BenchReason::QuotaExhausted),
+            Some(("no_access", rest)) => status(rest).map(BenchReason::NoAccess),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for BenchReason {
@@ -179,6 +208,8 @@ pub enum Readiness {
 pub struct KeyPool {
     keys: Vec<ApiKey>,
     state: Mutex<PoolState>,
+    /// Where benches, resets and disabled flags are reported (SHARED_STATE_URL).
+    journal: JournalSlot,
 }
 
 impl KeyPool {
@@ -191,7 +222,18 @@ impl KeyPool {
                 next_ticket: 0,
                 slots,
             }),
+            journal: JournalSlot::new(),
         }
+    }
+
+    /// Reports every later bench, reset and disabled flag to `journal`.
+    pub fn attach(&self, journal: Attached) {
+        let _ = self.journal.set(journal);
+    }
+
+    /// The position of the key whose [`ApiKey::id`] is `id`.
+    pub fn position(&self, id: u64) -> Option<usize> {
+        self.keys.iter().position(|key| key.id() == id)
     }
 
     /// Number of keys.
@@ -284,6 +326,16 @@ impl KeyPool {
 
     /// Clears every cooldown and bench of the key at `index` (an operator's reset).
     pub fn reset(&self, index: usize) {
+        self.reset_from_peer(index);
+        if let Some(journal) = self.journal.get() {
+            journal.record(Change::Reset {
+                key: self.keys[index].id(),
+            });
+        }
+    }
+
+    /// [`KeyPool::reset`] as another instance did it (not reported again).
+    pub fn reset_from_peer(&self, index: usize) {
         self.lock().slots[index].benches.clear();
     }
 
@@ -294,12 +346,41 @@ impl KeyPool {
 
     /// Takes the key at `index` out of rotation, or puts it back.
     pub fn set_disabled(&self, index: usize, disabled: bool) {
+        self.set_disabled_from_peer(index, disabled);
+        if let Some(journal) = self.journal.get() {
+            let key = self.keys[index].id();
+            journal.record(Change::Disabled { key, disabled });
+        }
+    }
+
+    /// [`KeyPool::set_disabled`] as another instance did it (not reported again).
+    pub fn set_disabled_from_peer(&self, index: usize, disabled: bool) {
         self.lock().slots[index].disabled = disabled;
     }
 
     /// Benches a key (for one model, or for all when `model` is `None`) until `until`. A longer
     /// cooldown already in place is kept.
     pub fn bench(&self, index: usize, model: Option<&str>, until: Instant, reason: BenchReason) {
+        self.bench_from_peer(index, model, until, reason);
+        if let Some(journal) = self.journal.get() {
+            let now = Instant::now();
+            journal.record(Change::Bench {
+                key: self.keys[index].id(),
+                model: model.map(str::to_string),
+                until: std::time::SystemTime::now() + until.saturating_duration_since(now),
+                reason,
+            });
+        }
+    }
+
+    /// [`KeyPool::bench`] as another instance did it (not reported again).
+    pub fn bench_from_peer(
+        &self,
+        index: usize,
+        model: Option<&str>,
+        until: Instant,
+        reason: BenchReason,
+    ) {
         let mut state = self.lock();
         let benches = &mut state.slots[index].benches;
         // Ended cooldowns go; and since model names come from clients, a key collecting too

@@ -25,6 +25,7 @@ pub use session::{Conversation, conversation};
 pub use table::Owner;
 pub use watch::{AnswerWatch, Tapped};
 
+use super::journal::{Attached, Change, JournalSlot};
 use super::key::ApiKey;
 use table::Table;
 
@@ -36,8 +37,15 @@ pub const MAX_IDS: usize = 200_000;
 /// trying keys.
 pub const ID_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// Most conversations kept per provider (~50 bytes each).
+/// Most conversations kept per provider (~90 bytes each).
 pub const MAX_SESSIONS: usize = 100_000;
+
+/// How long an id the shared store did not know is not asked about again (a string that looks
+/// like an id but names nothing would otherwise cost a round trip per request).
+const UNKNOWN_FOR: Duration = Duration::from_secs(10);
+
+/// Most such ids remembered.
+const MAX_UNKNOWN: usize = 10_000;
 
 /// What chose (or taught) a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +134,10 @@ pub struct Affinity {
     counters: [[AtomicU64; Outcome::ALL.len()]; Kind::ALL.len()],
     /// Bumped whenever an owner is learned, changed or forgotten (for STATE_FILE).
     generation: AtomicU64,
+    /// Where learned ids, forgotten ids and conversations are reported (SHARED_STATE_URL).
+    journal: JournalSlot,
+    /// Ids the shared store was asked about and did not know.
+    unknown: Mutex<Table<String>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -144,7 +156,15 @@ impl Affinity {
             sessions: Mutex::new(Table::new(MAX_SESSIONS, session_ttl)),
             counters: Default::default(),
             generation: AtomicU64::new(0),
+            journal: JournalSlot::new(),
+            unknown: Mutex::new(Table::new(MAX_UNKNOWN, UNKNOWN_FOR)),
         }
+    }
+
+    /// Reports every later learned id, forgotten id and conversation to `journal`, and asks it
+    /// about ids nobody here has seen.
+    pub fn attach(&self, journal: Attached) {
+        let _ = self.journal.set(journal);
     }
 
     /// Changes how long conversations are kept (a reload).
@@ -183,11 +203,51 @@ impl Affinity {
         self.generation.load(Ordering::Relaxed)
     }
 
-    /// Where the request's `ids` send it, among `keys` (the pool as configured now).
+    /// Where the request's `ids` send it, among `keys` (the pool as configured now). Ids
+    /// unknown here are asked of the shared store, when there is one.
     pub fn resource_pin(&self, ids: &[String], keys: &[ApiKey], now: Instant) -> ResourcePin {
         if ids.is_empty() {
             return ResourcePin::None;
         }
+        let pin = self.known_pin(ids, keys, now);
+        if pin != ResourcePin::None {
+            return pin;
+        }
+        let Some(journal) = self.journal.get() else {
+            return pin;
+        };
+        let unseen: Vec<String> = {
+            let mut unknown = lock(&self.unknown);
+            ids.iter()
+                .filter(|id| unknown.get(id.as_str(), now).is_none())
+                .cloned()
+                .collect()
+        };
+        if unseen.is_empty() {
+            return pin;
+        }
+        let found = journal.owners(&unseen);
+        {
+            let mut unknown = lock(&self.unknown);
+            for id in unseen
+                .iter()
+                .filter(|id| !found.iter().any(|(f, _)| f == *id))
+            {
+                unknown.insert(id.clone(), 0, now);
+            }
+        }
+        if found.is_empty() {
+            return pin;
+        }
+        let mut table = lock(&self.resources);
+        for (id, key) in found {
+            table.insert(id, key, now);
+        }
+        drop(table);
+        self.known_pin(ids, keys, now)
+    }
+
+    fn known_pin(&self, ids: &[String], keys: &[ApiKey], now: Instant) -> ResourcePin {
         let mut table = lock(&self.resources);
         let mut found: Option<(String, usize)> = None;
         for id in ids {
@@ -215,17 +275,38 @@ impl Affinity {
         }
     }
 
-    /// Records that `key` owns each of `ids`; returns how many were news.
+    /// Records that `key` owns each of `ids`; returns how many were news. News reaches the
+    /// shared store before this returns (or its short timeout runs out): the answer that
+    /// revealed the ids has not reached the client yet.
     pub fn learn<'a>(&self, ids: impl IntoIterator<Item = &'a str>, key: u64, now: Instant) -> u64 {
+        let news = self.learn_from_peer(ids, key, now);
+        if !news.is_empty()
+            && let Some(journal) = self.journal.get()
+        {
+            journal.record_now(Change::Learned {
+                key,
+                ids: news.clone(),
+            });
+        }
+        news.len() as u64
+    }
+
+    /// Records ids another instance learned (not reported again); returns the news.
+    pub fn learn_from_peer<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str>,
+        key: u64,
+        now: Instant,
+    ) -> Vec<String> {
         let mut table = lock(&self.resources);
-        let mut news = 0;
+        let mut news = Vec::new();
         for id in ids {
             if table.insert(id.to_string(), key, now) {
-                news += 1;
+                news.push(id.to_string());
             }
         }
         drop(table);
-        if news > 0 {
+        if !news.is_empty() {
             self.generation.fetch_add(1, Ordering::Relaxed);
         }
         news
@@ -233,6 +314,16 @@ impl Affinity {
 
     /// Forgets `ids` (deleted, or their owner said it has no such object).
     pub fn forget<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let known: Vec<String> = ids.into_iter().map(str::to_string).collect();
+        if self.forget_from_peer(known.iter().map(String::as_str))
+            && let Some(journal) = self.journal.get()
+        {
+            journal.record(Change::Forgot { ids: known });
+        }
+    }
+
+    /// Forgets ids another instance forgot (not reported again); true when one was known.
+    pub fn forget_from_peer<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> bool {
         let mut table = lock(&self.resources);
         let mut any = false;
         for id in ids {
@@ -242,6 +333,7 @@ impl Affinity {
         if any {
             self.generation.fetch_add(1, Ordering::Relaxed);
         }
+        any
     }
 
     /// The key that last served conversation `conversation`, if it is still remembered.
@@ -249,8 +341,18 @@ impl Affinity {
         lock(&self.sessions).get(&conversation, now)
     }
 
-    /// Records that `key` served a turn of `conversation`; true when that is news.
+    /// Records that `key` served a turn of `conversation`; true when that is news (news goes
+    /// to the shared store in the background).
     pub fn record_session(&self, conversation: u64, key: u64, now: Instant) -> bool {
+        let news = self.session_from_peer(conversation, key, now);
+        if news && let Some(journal) = self.journal.get() {
+            journal.record(Change::Session { key, conversation });
+        }
+        news
+    }
+
+    /// Records a turn another instance served (not reported again); true when that is news.
+    pub fn session_from_peer(&self, conversation: u64, key: u64, now: Instant) -> bool {
         let news = lock(&self.sessions).insert(conversation, key, now);
         if news {
             self.generation.fetch_add(1, Ordering::Relaxed);

@@ -1,6 +1,8 @@
 //! Wiring: the listening socket, the front end (listener thread, queue, workers), and graceful
 //! shutdown on SIGTERM / SIGINT; SIGHUP reloads.
 
+mod notify;
+
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -68,14 +70,19 @@ impl Listener {
         thread::Builder::new()
             .name("listener".into())
             .spawn(move || listen::run(listener_front, tcp))?;
+        // The socket has been listening since bind: connections are accepted from now on.
+        notify::notify("READY=1");
 
         let first = signals.forever().find(|signal| {
             if *signal == SIGHUP {
+                notify::notify(&notify::reloading());
                 reload();
+                notify::notify("READY=1");
                 return false;
             }
             true
         });
+        notify::notify("STOPPING=1");
         info!(
             "signal {} received: no new connections; waiting up to {}s for {} request(s) in flight",
             first.unwrap_or_default(),

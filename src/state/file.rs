@@ -36,30 +36,6 @@ fn key_id(key: &ApiKey) -> String {
     key.id_hex()
 }
 
-fn reason_word(reason: BenchReason) -> String {
-    match reason {
-        BenchReason::RateLimited => "rate_limited".into(),
-        BenchReason::Rejected(status) => format!("rejected:{status}"),
-        BenchReason::QuotaExhausted(status) => format!("quota:{status}"),
-        BenchReason::NoHeadroom => "headroom".into(),
-        BenchReason::NoAccess(status) => format!("no_access:{status}"),
-        BenchReason::Forbidden => "forbidden".into(),
-    }
-}
-
-fn parse_reason(word: &str) -> Option<BenchReason> {
-    let status = |rest: &str| rest.parse::<u16>().ok();
-    match word.split_once(':') {
-        None if word == "rate_limited" => Some(BenchReason::RateLimited),
-        None if word == "headroom" => Some(BenchReason::NoHeadroom),
-        None if word == "forbidden" => Some(BenchReason::Forbidden),
-        Some(("no_access", rest)) => status(rest).map(BenchReason::NoAccess),
-        Some(("rejected", rest)) => status(rest).map(BenchReason::Rejected),
-        Some(("quota", rest)) => status(rest).map(BenchReason::QuotaExhausted),
-        _ => None,
-    }
-}
-
 /// The state of every pool and affinity table as file text (ended cooldowns are left out).
 pub fn render(proxy: &Proxy, now: Instant, wall_now: SystemTime) -> String {
     render_pools(proxy, now, wall_now) + &render_affinity(proxy, now, wall_now)
@@ -117,7 +93,7 @@ fn render_pools(proxy: &Proxy, now: Instant, wall_now: SystemTime) -> String {
                     out,
                     "{} {id} bench {secs} {} {}",
                     provider.name,
-                    reason_word(bench.reason),
+                    bench.reason.word(),
                     bench.model.as_deref().unwrap_or("-")
                 );
             }
@@ -160,7 +136,7 @@ pub fn apply(
             [provider, id, "disabled"] => (*provider, *id, Entry::Disabled),
             [provider, id, "bench", secs, reason, model] => {
                 let secs: u64 = secs.parse().map_err(|_| bad())?;
-                let reason = parse_reason(reason).ok_or_else(bad)?;
+                let reason = BenchReason::from_word(reason).ok_or_else(bad)?;
                 let until_wall = UNIX_EPOCH + Duration::from_secs(secs.min(1 << 40));
                 let Ok(left) = until_wall.duration_since(wall_now) else {
                     continue; // ended while keyrelay was down
