@@ -17,6 +17,7 @@ mod providers;
 mod relay;
 mod rotation;
 mod routing;
+mod sdk;
 mod state;
 mod status_page;
 mod steering;
