@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::http::{Reply, Req, get, send};
+use crate::support::api::{
+    self as api, all_ready, chat_with_file, metric, parsed, post_json, provider, served_by, status,
+    upload_openai_file,
+};
+use crate::support::http::{Req, get, send};
 use crate::support::mask;
 use crate::support::proxy::{Proxy, TempDir, proxy_to};
 use crate::support::stateful::Stateful;
@@ -20,78 +24,6 @@ const G1: &str = "AIzaAffinity-gemini-01";
 const G2: &str = "AIzaAffinity-gemini-02";
 const G3: &str = "AIzaAffinity-gemini-03";
 const GEMINI_KEYS: [&str; 3] = [G1, G2, G3];
-
-fn post_json(port: u16, path: &str, body: &Value) -> Reply {
-    send(
-        port,
-        &Req::post(path, body.to_string().as_bytes()).header("content-type", "application/json"),
-    )
-}
-
-fn parsed(reply: &Reply) -> Value {
-    serde_json::from_slice(&reply.body)
-        .unwrap_or_else(|_| panic!("not JSON ({}): {}", reply.status, reply.text()))
-}
-
-fn status(port: u16) -> Value {
-    parsed(&get(port, "/status"))
-}
-
-fn provider<'a>(status: &'a Value, name: &str) -> &'a Value {
-    status["providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap_or_else(|| panic!("no provider {name}: {status}"))
-}
-
-/// Every key of `name` is ready (nothing benched, nothing disabled).
-fn all_ready(port: u16, name: &str) -> bool {
-    let status = status(port);
-    provider(&status, name)["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|k| k["state"] == "ready" && k["cooldowns"].as_array().unwrap().is_empty())
-}
-
-/// The key (of `keys`) whose mask is in the answer's text ("answer from <mask>").
-fn served_by<'a>(reply: &Reply, keys: &[&'a str]) -> &'a str {
-    let text = reply.text();
-    keys.iter()
-        .find(|k| text.contains(&mask(k)))
-        .unwrap_or_else(|| panic!("no key named in {} {text}", reply.status))
-}
-
-fn metric(port: u16, line_start: &str) -> u64 {
-    let text = get(port, "/metrics").text();
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
-}
-
-fn upload_openai_file(port: u16) -> String {
-    let reply = send(
-        port,
-        &Req::post(
-            "/openai/v1/files",
-            b"--boundary\r\n{\"a\":1}\r\n--boundary--\r\n",
-        )
-        .header("content-type", "multipart/form-data; boundary=boundary"),
-    );
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    parsed(&reply)["id"].as_str().unwrap().to_string()
-}
-
-fn chat_with_file(file: &str, question: &str) -> Value {
-    json!({"model": "gpt-4o", "messages": [{"role": "user", "content": [
-        {"type": "file", "file": {"file_id": file}},
-        {"type": "text", "text": question}
-    ]}]})
-}
 
 fn start(stand_in: &Stateful) -> Proxy {
     proxy_to(&stand_in.url(), &KEYS, &GEMINI_KEYS).start()
@@ -125,7 +57,7 @@ fn a_file_goes_with_every_use_to_the_key_that_created_it() {
             stand_in.calls(key)
         );
     }
-    let status = status(proxy.port);
+    let status = api::status(proxy.port);
     assert!(
         provider(&status, "openai")["learned_ids"].as_u64().unwrap() >= 1,
         "{status}"
@@ -148,7 +80,7 @@ fn a_file_goes_with_every_use_to_the_key_that_created_it() {
         &Req::new("DELETE", &format!("/openai/v1/files/{file}")),
     );
     assert_eq!(deleted.status, 200, "{}", deleted.text());
-    let status = crate::affinity::status(proxy.port);
+    let status = api::status(proxy.port);
     assert_eq!(provider(&status, "openai")["learned_ids"], 0, "{status}");
 }
 
@@ -287,11 +219,7 @@ fn a_gemini_upload_comes_back_through_keyrelay_and_its_file_and_cache_stay_on_it
     }
     let got = get(port, &format!("/gemini/v1beta/{name}"));
     assert_eq!(got.status, 200, "{}", got.text());
-    assert!(
-        all_ready(port, "gemini"),
-        "{}",
-        crate::affinity::status(port)
-    );
+    assert!(all_ready(port, "gemini"), "{}", status(port));
 }
 
 #[test]
@@ -684,7 +612,7 @@ fn no_403_about_an_object_a_region_or_something_unknown_benches_a_healthy_key_fo
     for _ in 0..3 {
         assert_eq!(plain().status, 200);
     }
-    let status = status(port);
+    let status = api::status(port);
     let key_a = &provider(&status, "openai")["keys"][0];
     assert_eq!(key_a["state"], "cooling", "{status}");
     // A leaked key is about the key: benched as invalid.
@@ -696,7 +624,7 @@ fn no_403_about_an_object_a_region_or_something_unknown_benches_a_healthy_key_fo
     for _ in 0..3 {
         assert_eq!(plain().status, 200);
     }
-    let status = crate::affinity::status(port);
+    let status = api::status(port);
     assert_eq!(
         provider(&status, "openai")["keys"][1]["state"],
         "benched_invalid",
@@ -722,7 +650,7 @@ fn a_model_one_key_cannot_use_benches_that_key_for_that_model_only() {
         assert_eq!(reply.status, 200, "{}", reply.text());
         assert_ne!(served_by(&reply, &KEYS), A);
     }
-    let status = status(port);
+    let status = api::status(port);
     let key_a = &provider(&status, "openai")["keys"][0];
     assert_eq!(key_a["no_access"], json!(["gpt-special"]), "{status}");
     assert_eq!(key_a["state"], "ready", "other models still go to it");
@@ -743,7 +671,7 @@ fn a_model_one_key_cannot_use_benches_that_key_for_that_model_only() {
     let reply = ask("gpt-nobody");
     assert_eq!(reply.status, 404, "{}", reply.text());
     assert!(reply.text().contains("model_not_found"));
-    let status = crate::affinity::status(port);
+    let status = api::status(port);
     for key in provider(&status, "openai")["keys"].as_array().unwrap() {
         assert!(
             !key["no_access"].to_string().contains("gpt-nobody"),

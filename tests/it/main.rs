@@ -18,6 +18,8 @@ mod relay;
 mod rotation;
 mod routing;
 mod sdk;
+mod service;
+mod shared_state;
 mod state;
 mod status_page;
 mod steering;

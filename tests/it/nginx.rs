@@ -3,120 +3,21 @@
 //! installs it); without it the test says so and passes only outside CI.
 
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::http::{Conn, Req, body_reader, send};
 use crate::support::mock::{Mock, Reply};
-use crate::support::proxy::{TempDir, proxy_to};
-use crate::support::wait_until;
+use crate::support::nginx::start_nginx;
+use crate::support::proxy::proxy_to;
 
 const KEY: &str = "sk-nginx-test-key-0001";
-
-fn nginx_binary() -> Option<PathBuf> {
-    ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
-}
-
-/// A running nginx; stopped on drop.
-struct Nginx {
-    child: Child,
-    port: u16,
-    _dir: TempDir,
-}
-
-impl Drop for Nginx {
-    /// SIGTERM, so the master stops its workers (SIGKILL would orphan them); SIGKILL only if it
-    /// has not exited within 5 s.
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the pid of a child this struct owns and has not reaped.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let exited = wait_until(Duration::from_secs(5), || {
-            matches!(self.child.try_wait(), Ok(Some(_)))
-        });
-        if !exited {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Starts nginx with the shipped site, its `listen` and keyrelay address rewritten for the test.
-fn start_nginx(binary: &Path, keyrelay_port: u16) -> Nginx {
-    let site = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx.conf"))
-        .expect("read deploy/nginx.conf");
-    assert!(site.contains("server 127.0.0.1:3000;") && site.contains("listen 80;"));
-    let port = free_port();
-    let site = site
-        .replace(
-            "server 127.0.0.1:3000;",
-            &format!("server 127.0.0.1:{keyrelay_port};"),
-        )
-        .replace("listen 80;", &format!("listen 127.0.0.1:{port};"));
-    let dir = TempDir::new();
-    let d = dir.0.display();
-    std::fs::write(dir.0.join("site.conf"), site).expect("write site");
-    let main = format!(
-        "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-         events {{ worker_connections 256; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-         include {d}/site.conf;\n}}\n"
-    );
-    std::fs::write(dir.0.join("nginx.conf"), main).expect("write nginx.conf");
-    // As root, nginx's workers would switch to an unprivileged user that cannot write the
-    // temp directory.
-    let mut command = Command::new(binary);
-    command.args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf")]);
-    if is_root() {
-        command.args(["-g", "user root;"]);
-    }
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nginx");
-    let nginx = Nginx {
-        child,
-        port,
-        _dir: dir,
-    };
-    let up = wait_until(Duration::from_secs(10), || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    if !up {
-        let log = std::fs::read_to_string(nginx._dir.0.join("error.log")).unwrap_or_default();
-        drop(nginx);
-        panic!("nginx did not start listening: {log}");
-    }
-    nginx
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 #[test]
 #[ignore = "needs nginx: `bash .ci/run` installs it and runs the ignored tests too"]
 fn behind_nginx_streams_uploads_and_refuses_oversized_bodies() {
-    let binary = nginx_binary().expect("nginx is not installed (apt-get install nginx-light)");
+    let site = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx.conf"))
+        .expect("read deploy/nginx.conf");
+    assert!(site.contains("server 127.0.0.1:3000;"));
     let events: Vec<Vec<u8>> = (1..=5)
         .map(|n| format!("data: {{\"n\":{n}}}\n\n").into_bytes())
         .collect();
@@ -131,7 +32,10 @@ fn behind_nginx_streams_uploads_and_refuses_oversized_bodies() {
         }
     });
     let proxy = proxy_to(&mock.url(), &[KEY], &[]).start();
-    let nginx = start_nginx(&binary, proxy.port);
+    let nginx = start_nginx(&site.replace(
+        "server 127.0.0.1:3000;",
+        &format!("server 127.0.0.1:{};", proxy.port),
+    ));
 
     // SSE: the first event must arrive long before the stream ends (5 events, 500 ms apart).
     let mut conn = Conn::open(nginx.port);

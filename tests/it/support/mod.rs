@@ -1,10 +1,13 @@
 //! Shared test helpers: the mock upstream, the proxy launcher, the raw HTTP client, and small
 //! utilities (key masks, HTTP dates, a closed port, condition polling).
 
+pub mod api;
 pub mod http;
 pub mod mock;
+pub mod nginx;
 pub mod procfs;
 pub mod proxy;
+pub mod redis;
 #[cfg(test)]
 mod selftest;
 pub mod stateful;

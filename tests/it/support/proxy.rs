@@ -78,6 +78,7 @@ pub fn proxy_to(upstream: &str, openai_keys: &[&str], gemini_keys: &[&str]) -> P
 }
 
 /// What a run of the binary that exits by itself produced.
+#[derive(Debug)]
 pub struct CliOutput {
     pub status: ExitStatus,
     pub stdout: String,
