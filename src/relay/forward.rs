@@ -10,7 +10,7 @@ use super::body::{BodyError, read_body};
 use super::incoming::Incoming;
 use crate::admin;
 use crate::error::ProxyError;
-use crate::keys::affinity::Kind;
+use crate::keys::affinity::{Dialect, Kind, ResourcePin, UPLOAD_PREFIX};
 use crate::listen::{Conn, Head};
 use crate::metrics::route_label;
 use crate::provider::{ErrorShape, Provider, shape_for, split_route};
@@ -159,6 +159,27 @@ mod test_hooks {
     }
 }
 
+/// Whether the request sends bytes to a Gemini resumable upload that keyrelay itself started
+/// for a client that had a token: google-genai sends those bytes to the rewritten upload URL
+/// with no credential at all, and the upload id keyrelay handed out (Google's unguessable
+/// session id, bound to the key that started the upload) is the capability, as it is at Google.
+fn is_upload_session(provider: &Provider, rest: &str, query: &str) -> bool {
+    let affinity = &provider.affinity;
+    if affinity.dialect != Dialect::Gemini || !rest.starts_with("upload/") {
+        return false;
+    }
+    let Some(id) = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("upload_id="))
+        .filter(|id| !id.is_empty())
+    else {
+        return false;
+    };
+    let session = [format!("{UPLOAD_PREFIX}{id}")];
+    let pin = affinity.resource_pin(&session, provider.pool.keys(), Instant::now());
+    pin != ResourcePin::None
+}
+
 fn decide(
     proxy: &Proxy,
     providers: &[Provider],
@@ -189,7 +210,7 @@ fn decide(
         return local(ProxyError::NotFound { routes }, ErrorShape::OpenAi);
     };
     let shape = provider.shape;
-    if !proxy.access.allows(headers(), query) {
+    if !proxy.access.allows(headers(), query) && !is_upload_session(provider, rest, query) {
         return local(ProxyError::Unauthorized, shape);
     }
     if provider.pool.is_empty() {

@@ -261,12 +261,29 @@ fn openai_sdk_response_chain_streamed_and_whole_stays_on_its_key() {
 #[test]
 #[ignore = "needs the Python SDKs; .ci/run installs them (scripts/sdk/venv.sh)"]
 fn gemini_sdk_upload_file_and_cache_stay_on_the_key_that_started_the_upload() {
+    // google-genai's own default API version (v1 in 3.6.1).
+    gemini_upload_flow(None, &[]);
+}
+
+#[test]
+#[ignore = "needs the Python SDKs; .ci/run installs them (scripts/sdk/venv.sh)"]
+fn gemini_sdk_upload_works_with_access_tokens() {
+    // google-genai sends the upload's bytes with no credential at all: the upload id keyrelay
+    // handed back must be enough, as it is at Google. v1beta, the REST docs' version.
+    gemini_upload_flow(Some(CLIENT_TOKEN), &["v1beta"]);
+}
+
+/// The token the scripts send as their API key (scripts/sdk/common.py, CLIENT_KEY).
+const CLIENT_TOKEN: &str = "client-key-keyrelay-strips";
+
+fn gemini_upload_flow(token: Option<&str>, args: &[&str]) {
     let stand_in = Stateful::start();
-    let proxy = start(&stand_in);
-    // google-genai 3.6.1 defaults to API version v1; the stand-in answers Gemini's routes
-    // under v1beta only, so the script asks for v1beta. (What keyrelay does is the same for
-    // both: it rewrites the upload URL whatever its path.)
-    let script = run_script("gemini_upload.py", &proxy, &["v1beta"]);
+    let mut builder = proxy_to(&stand_in.url(), &OPENAI_KEYS, &GEMINI_KEYS);
+    if let Some(token) = token {
+        builder = builder.env("PROXY_API_KEYS", token);
+    }
+    let proxy = builder.start();
+    let script = run_script("gemini_upload.py", &proxy, args);
     let ids = script.ids();
     assert_eq!(ids.len(), 2, "{}", script.stdout);
     assert!(

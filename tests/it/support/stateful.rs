@@ -215,8 +215,11 @@ fn answer(world: &mut World, base: &str, request: &Recorded) -> Reply {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match (method, segments.as_slice()) {
         // ---------- Gemini ----------
-        ("POST", ["upload", "v1beta", "files"]) => gemini_upload(world, base, request, &key, query),
-        ("GET", ["v1beta", "files", name]) | ("DELETE", ["v1beta", "files", name]) => {
+        // google-genai asks for v1 by default, the REST docs show v1beta: both are served.
+        ("POST", ["upload", "v1" | "v1beta", "files"]) => {
+            gemini_upload(world, base, request, &key, query)
+        }
+        ("GET" | "DELETE", ["v1" | "v1beta", "files", name]) if !name.starts_with("file-") => {
             let id = format!("files/{name}");
             if !world.owns(&key, &id) {
                 return gemini_error(
@@ -233,7 +236,7 @@ fn answer(world: &mut World, base: &str, request: &Recorded) -> Reply {
             }
             json_reply(200, gemini_file(base, &id))
         }
-        ("POST", ["v1beta", "cachedContents"]) => {
+        ("POST", ["v1" | "v1beta", "cachedContents"]) => {
             if let Some(denied) = gemini_denied(world, &key, &body) {
                 return denied;
             }
@@ -243,7 +246,7 @@ fn answer(world: &mut World, base: &str, request: &Recorded) -> Reply {
                 json!({"name": id, "model": body.get("model"), "createTime": "2026-12-07T00:00:00Z", "expireTime": "2026-12-07T01:00:00Z", "usageMetadata": {"totalTokenCount": 4096}}),
             )
         }
-        ("POST", ["v1beta", "models", call]) if call.contains(":generateContent") => {
+        ("POST", ["v1" | "v1beta", "models", call]) if call.contains(":generateContent") => {
             if let Some(denied) = gemini_denied(world, &key, &body) {
                 return denied;
             }
@@ -349,7 +352,15 @@ fn answer(world: &mut World, base: &str, request: &Recorded) -> Reply {
             )
         }
         ("POST", ["v1", "messages"]) => anthropic_message(world, &key, &body),
-        _ => json_reply(200, json!({"object": "list", "data": []})),
+        ("GET", ["v1", "models"]) => json_reply(200, json!({"object": "list", "data": []})),
+        // Anything else is a route the stand-in does not know: say so, as the providers do,
+        // so a test that drifts from the real paths fails loudly.
+        _ => openai_error(
+            404,
+            &format!("Unknown request URL: {method} {path}"),
+            Value::Null,
+            json!("unknown_url"),
+        ),
     }
 }
 
