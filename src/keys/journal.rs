@@ -35,11 +35,11 @@ pub enum Change {
 /// Where changes go, and where an object nobody here has seen can be looked up.
 pub trait Journal: Send + Sync {
     /// Records a change; returns at once (it is sent in the background).
-    fn record(&self, provider: &str, change: Change);
+    fn record(&self, provider: &Arc<str>, change: Change);
 
     /// Records a change and returns once it is stored, or after a short timeout: used for ids,
     /// which the next request may name on another instance a moment later.
-    fn record_now(&self, provider: &str, change: Change);
+    fn record_now(&self, provider: &Arc<str>, change: Change);
 
     /// The owners of `ids` that the shared store knows (a round trip with a short timeout;
     /// nothing while it is away).
@@ -49,7 +49,8 @@ pub trait Journal: Send + Sync {
 /// A journal attached to one provider's state.
 #[derive(Clone)]
 pub struct Attached {
-    provider: String,
+    /// Shared by every change queued for this provider: queuing one allocates no name.
+    provider: Arc<str>,
     journal: Arc<dyn Journal>,
 }
 
@@ -57,7 +58,7 @@ impl Attached {
     /// `journal`, for changes of `provider`.
     pub fn new(provider: &str, journal: Arc<dyn Journal>) -> Attached {
         Attached {
-            provider: provider.to_string(),
+            provider: Arc::from(provider),
             journal,
         }
     }

@@ -52,7 +52,7 @@ pub struct SharedState {
     up: AtomicBool,
     since: Mutex<SystemTime>,
     /// Changes not yet written, with their provider.
-    queue: Mutex<Vec<(String, Change)>>,
+    queue: Mutex<Vec<(Arc<str>, Change)>>,
     /// The queue overflowed: memory is written whole on the next connect.
     overflowed: AtomicBool,
     links: RequestLinks,
@@ -134,21 +134,21 @@ impl SharedState {
         }
     }
 
-    fn enqueue(&self, provider: &str, change: Change) {
+    fn enqueue(&self, provider: &Arc<str>, change: Change) {
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         if queue.len() >= MAX_QUEUED {
             self.overflowed.store(true, Ordering::Relaxed);
             return;
         }
-        queue.push((provider.to_string(), change));
+        queue.push((Arc::clone(provider), change));
     }
 
-    fn take_queue(&self) -> Vec<(String, Change)> {
+    fn take_queue(&self) -> Vec<(Arc<str>, Change)> {
         std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The facts to set and delete for `changes`, and the event lines announcing them.
-    fn writes_for(&self, changes: &[(String, Change)]) -> (Vec<Write>, Vec<String>) {
+    fn writes_for(&self, changes: &[(Arc<str>, Change)]) -> (Vec<Write>, Vec<String>) {
         let now = SystemTime::now();
         let mut writes = Vec::new();
         let mut lines = Vec::new();
@@ -164,15 +164,15 @@ impl SharedState {
 }
 
 impl Journal for SharedState {
-    fn record(&self, provider: &str, change: Change) {
+    fn record(&self, provider: &Arc<str>, change: Change) {
         self.enqueue(provider, change);
     }
 
-    fn record_now(&self, provider: &str, change: Change) {
+    fn record_now(&self, provider: &Arc<str>, change: Change) {
         if !self.up.load(Ordering::Relaxed) {
             return self.enqueue(provider, change);
         }
-        let batch = [(provider.to_string(), change)];
+        let batch = [(Arc::clone(provider), change)];
         let (writes, lines) = self.writes_for(&batch);
         let done = self.links.with(&self.client, |connection| {
             sync::send(connection, &self.names, &writes, &lines)

@@ -159,7 +159,7 @@ fn bring_in_step(
         .unwrap_or_else(|p| p.into_inner())
         .iter()
         .filter_map(|(provider, change)| match change {
-            Change::Disabled { key, .. } => Some((provider.clone(), *key)),
+            Change::Disabled { key, .. } => Some((provider.to_string(), *key)),
             _ => None,
         })
         .collect();
@@ -180,12 +180,12 @@ fn is_deletion(change: &Change) -> bool {
 
 /// The queue with repeated conversation updates folded into the last one (identical requests
 /// rotating over the keys would otherwise write one fact each).
-fn coalesce(batch: Vec<(String, Change)>) -> Vec<(String, Change)> {
-    let mut seen: HashSet<(String, u64)> = HashSet::new();
-    let mut kept: Vec<(String, Change)> = Vec::with_capacity(batch.len());
+fn coalesce(batch: Vec<(Arc<str>, Change)>) -> Vec<(Arc<str>, Change)> {
+    let mut seen: HashSet<(Arc<str>, u64)> = HashSet::new();
+    let mut kept: Vec<(Arc<str>, Change)> = Vec::with_capacity(batch.len());
     for (provider, change) in batch.into_iter().rev() {
         if let Change::Session { conversation, .. } = &change
-            && !seen.insert((provider.clone(), *conversation))
+            && !seen.insert((Arc::clone(&provider), *conversation))
         {
             continue;
         }
@@ -196,7 +196,7 @@ fn coalesce(batch: Vec<(String, Change)>) -> Vec<(String, Change)> {
 }
 
 /// Puts a batch that could not be written back in front of the queue.
-fn requeue(shared: &SharedState, batch: Vec<(String, Change)>) {
+fn requeue(shared: &SharedState, batch: Vec<(Arc<str>, Change)>) {
     let mut queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
     let later = std::mem::replace(&mut *queue, batch);
     queue.extend(later);
@@ -254,11 +254,12 @@ mod tests {
 
     #[test]
     fn repeated_conversation_updates_fold_into_the_last() {
+        let openai: Arc<str> = Arc::from("openai");
         let session =
-            |key, conversation| ("openai".to_string(), Change::Session { key, conversation });
+            |key, conversation| (Arc::clone(&openai), Change::Session { key, conversation });
         let batch = vec![
             session(1, 7),
-            ("openai".to_string(), Change::Reset { key: 3 }),
+            (Arc::clone(&openai), Change::Reset { key: 3 }),
             session(2, 7),
             session(1, 8),
             session(3, 7),
@@ -267,7 +268,7 @@ mod tests {
         assert_eq!(
             kept,
             vec![
-                ("openai".to_string(), Change::Reset { key: 3 }),
+                (Arc::clone(&openai), Change::Reset { key: 3 }),
                 session(1, 8),
                 session(3, 7),
             ]

@@ -3,6 +3,7 @@
 //! memory, and applying a change another instance made.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use redis::{Connection, RedisResult};
@@ -74,12 +75,12 @@ fn scan(connection: &mut Connection, pattern: &str) -> RedisResult<Vec<String>> 
 }
 
 /// Everything in memory as changes: benches, disabled keys, learned ids, conversations.
-pub fn everything(proxy: &Proxy) -> Vec<(String, Change)> {
+pub fn everything(proxy: &Proxy) -> Vec<(Arc<str>, Change)> {
     let now = Instant::now();
     let wall = SystemTime::now();
     let mut changes = Vec::new();
     for provider in proxy.providers().iter() {
-        let name = provider.name.clone();
+        let name: Arc<str> = Arc::from(provider.name.as_str());
         for (index, snap) in provider.pool.snapshot(now).into_iter().enumerate() {
             let key = provider.pool.key(index).id();
             if snap.disabled {
