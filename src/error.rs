@@ -263,6 +263,22 @@ impl fmt::Display for ProxyError {
     }
 }
 
+/// The last event of a Server-Sent Events answer whose upstream broke off after it started
+/// (reset, silence past UPSTREAM_TIMEOUT_SECS, a truncated body), in the provider's own
+/// streaming error shape, so its SDK raises an error that says so instead of taking a cut
+/// answer for a whole one.
+pub fn broken_stream_event(shape: ErrorShape, host: &str) -> String {
+    let message = format!(
+        "The upstream {host} broke off this stream after it had started (connection reset, no data for UPSTREAM_TIMEOUT_SECS, or a truncated body); the answer is incomplete. Retry the request."
+    );
+    let body = render(shape, 502, "upstream_stream_broken", &message);
+    match shape {
+        // Anthropic streams name their events; its SDKs raise on `event: error`.
+        ErrorShape::Anthropic => format!("event: error\ndata: {body}\n\n"),
+        ErrorShape::OpenAi | ErrorShape::Gemini => format!("data: {body}\n\n"),
+    }
+}
+
 /// A JSON error body in `shape`.
 pub fn render(shape: ErrorShape, status: u16, code: &str, message: &str) -> String {
     let message = quote(message);

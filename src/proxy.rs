@@ -70,6 +70,7 @@ impl Proxy {
                 config.connect_timeout,
                 config.upstream_timeout,
                 config.workers,
+                config.sse_heartbeat,
             ),
             limits: Limits {
                 max_body_bytes: config.max_body_bytes,

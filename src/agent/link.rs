@@ -23,7 +23,10 @@ use super::buffers::LinkBuffers;
 /// Opens upstream TCP connections (unless an earlier connector, e.g. a CONNECT proxy, already
 /// opened one).
 #[derive(Debug)]
-pub(super) struct LinkConnector;
+pub(super) struct LinkConnector {
+    /// See [`Link::silence_tick`].
+    pub(super) silence_tick: Option<Duration>,
+}
 
 impl<In: Transport> Connector<In> for LinkConnector {
     type Out = Either<In, Link>;
@@ -47,6 +50,9 @@ impl<In: Transport> Connector<In> for LinkConnector {
             read_timeout: None,
             write_timeout: None,
             just_read: false,
+            write_waited: Duration::ZERO,
+            silence_tick: self.silence_tick,
+            heard: Instant::now(),
         })))
     }
 }
@@ -125,7 +131,20 @@ pub(super) struct Link {
     write_timeout: Option<Duration>,
     /// Set by a read, cleared by the next probe: see [`Link::is_open`].
     just_read: bool,
+    /// Time spent blocked in writes since the upstream last sent something: a request's body
+    /// may wait for the upstream to read this long in total (the per-write limit), however the
+    /// waits are split between writes.
+    write_waited: Duration,
+    /// Silence on a body is reported every this long, so a stream can send heartbeats (see
+    /// [`SILENT`]); `None`: no reports.
+    silence_tick: Option<Duration>,
+    /// When the upstream last sent something, for the silence limit across reports.
+    heard: Instant,
 }
+
+/// The error kind a body read returns when the upstream has been silent for a heartbeat
+/// interval but not yet for the silence limit: nothing is wrong, read again.
+pub const SILENT: io::ErrorKind = io::ErrorKind::WouldBlock;
 
 /// The time left for an operation, or the timeout error if none is.
 fn time_left(timeout: NextTimeout) -> Result<Option<Duration>, Error> {
@@ -136,7 +155,9 @@ fn time_left(timeout: NextTimeout) -> Result<Option<Duration>, Error> {
 }
 
 impl Link {
-    /// Sends the output ureq handed over, if any.
+    /// Sends the output ureq handed over, if any. The per-write timeout bounds the time spent
+    /// blocked in total since the upstream last answered, not each write: an upstream that
+    /// takes a little now and then cannot stretch it.
     fn send_unsent(&mut self, timeout: NextTimeout) -> Result<(), Error> {
         if self.buffers.unsent().is_empty() {
             return Ok(());
@@ -144,12 +165,35 @@ impl Link {
         let timeout = timeout.for_write();
         let left = time_left(timeout)?;
         let stream = &*self.stream;
-        update_timeout(&mut self.write_timeout, left, |t| {
-            stream.set_write_timeout(t)
-        })?;
-        let sent = (&*self.stream).write_all(self.buffers.unsent());
+        let mut unsent = self.buffers.unsent();
+        let result = loop {
+            if unsent.is_empty() {
+                break Ok(());
+            }
+            let budget = match left {
+                Some(total) => match total.checked_sub(self.write_waited) {
+                    Some(rest) if !rest.is_zero() => Some(rest),
+                    _ => break Err(Error::Timeout(timeout.reason)),
+                },
+                None => None,
+            };
+            if let Err(e) = update_timeout(&mut self.write_timeout, budget, |t| {
+                stream.set_write_timeout(t)
+            }) {
+                break Err(e.into());
+            }
+            let started = Instant::now();
+            let wrote = (&*self.stream).write(unsent);
+            self.write_waited += started.elapsed();
+            match wrote {
+                Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+                Ok(n) => unsent = &unsent[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(failure(e, timeout.reason)),
+            }
+        };
         self.buffers.mark_sent();
-        sent.map_err(|e| failure(e, timeout.reason))
+        result
     }
 }
 
@@ -203,24 +247,39 @@ impl Transport for Link {
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, Error> {
         // Everything ureq handed over goes before waiting for the answer to it.
         self.send_unsent(timeout)?;
+        // The phase, before the per-read limit renames the timeout (the agent configures a
+        // body timeout so that body reads are told apart).
+        let on_body = timeout.reason == Timeout::RecvBody;
         let timeout = timeout.for_read();
-        let left = time_left(timeout)?;
-        let stream = &*self.stream;
-        update_timeout(&mut self.read_timeout, left, |t| stream.set_read_timeout(t))?;
+        let limit = time_left(timeout)?;
         let started = Instant::now();
-        let read_timeout = &mut self.read_timeout;
-        let room = self.buffers.input_append_buf();
+        // A body's silence counts from what the upstream last sent; anything else's from now.
+        let since = if on_body { self.heard } else { started };
+        let stream = &*self.stream;
         let read = loop {
-            match (&*self.stream).read(room) {
-                // A signal interrupts a read with a socket timeout even under SA_RESTART: read
-                // again for what is left of the timeout, so signals cannot extend it.
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    if let Some(total) = left {
-                        let rest = total.saturating_sub(started.elapsed());
-                        if rest.is_zero() {
-                            return Err(Error::Timeout(timeout.reason));
-                        }
-                        update_timeout(read_timeout, Some(rest), |t| stream.set_read_timeout(t))?;
+            // The socket waits at most one heartbeat interval at a time (so its timeout, once
+            // set, stays the same from one read to the next), and at most what is left.
+            let rest = limit.map(|l| l.saturating_sub(since.elapsed()));
+            if rest.is_some_and(|r| r.is_zero()) {
+                return Err(Error::Timeout(timeout.reason));
+            }
+            let slice = match (self.silence_tick, rest) {
+                (Some(tick), Some(rest)) => Some(tick.min(rest)),
+                (Some(tick), None) => Some(tick),
+                (None, rest) => rest,
+            };
+            update_timeout(&mut self.read_timeout, slice, |t| {
+                stream.set_read_timeout(t)
+            })?;
+            match (&*self.stream).read(self.buffers.input_append_buf()) {
+                // A signal interrupts a read with a socket timeout even under SA_RESTART: the
+                // loop reads again for what is left, so signals cannot extend it.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A slice ended in silence: a body reports it (the relay may send a
+                // heartbeat); anything else waits on until the limit.
+                Err(e) if timed_out(&e) && slice != rest => {
+                    if on_body {
+                        return Err(io::Error::from(SILENT).into());
                     }
                 }
                 other => break other,
@@ -229,6 +288,8 @@ impl Transport for Link {
         let amount = read.map_err(|e| failure(e, timeout.reason))?;
         self.buffers.input_appended(amount);
         self.just_read = true;
+        self.heard = Instant::now();
+        self.write_waited = Duration::ZERO;
         Ok(amount > 0)
     }
 

@@ -11,6 +11,7 @@ use ureq::unversioned::resolver::DefaultResolver;
 use ureq::unversioned::transport::{ConnectProxyConnector, Connector, RustlsConnector};
 
 use link::LinkConnector;
+pub(crate) use link::SILENT;
 
 /// Per-connection read buffer, also the largest upstream response head accepted.
 const INPUT_BUFFER: usize = 16 * 1024;
@@ -18,8 +19,18 @@ const INPUT_BUFFER: usize = 16 * 1024;
 /// [`MAX_HEAD_BYTES`](crate::head_error::MAX_HEAD_BYTES), plus room for the injected key.
 const OUTPUT_BUFFER: usize = crate::head_error::MAX_HEAD_BYTES + 4 * 1024;
 
+/// The "limit" on receiving a whole body: ten years.
+const WHOLE_BODY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// Builds the agent every worker shares (it holds the upstream connection pool).
-pub fn agent(connect_timeout: Duration, upstream_timeout: Duration, workers: usize) -> Agent {
+/// `heartbeat`: how often a silent body read reports silence ([`SILENT`]), so the relay can
+/// keep a stream's client connection alive (SSE_HEARTBEAT_SECS; `None` for none).
+pub fn agent(
+    connect_timeout: Duration,
+    upstream_timeout: Duration,
+    workers: usize,
+    heartbeat: Option<Duration>,
+) -> Agent {
     let config = Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
@@ -43,11 +54,16 @@ pub fn agent(connect_timeout: Duration, upstream_timeout: Duration, workers: usi
         // from one request to the next and costs no system call (deadlines cost three).
         .timeout_per_read(Some(upstream_timeout))
         .timeout_per_write(Some(upstream_timeout))
+        // No limit on a whole body in practice (a stream may last hours); it is set only so
+        // that the transport can tell a body read from a wait for the head (heartbeats).
+        .timeout_recv_body(Some(WHOLE_BODY))
         .build();
     // ureq's default chain, minus SOCKS, with keyrelay's TCP link in place of ureq's.
-    let connector =
-        ().chain(ConnectProxyConnector::default())
-            .chain(LinkConnector)
-            .chain(RustlsConnector::default());
+    let connector = ()
+        .chain(ConnectProxyConnector::default())
+        .chain(LinkConnector {
+            silence_tick: heartbeat,
+        })
+        .chain(RustlsConnector::default());
     Agent::with_parts(config, connector, DefaultResolver::default())
 }

@@ -124,6 +124,11 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "longest silence from the upstream: waiting for its response headers, or between body reads",
     },
     Setting {
+        name: "SSE_HEARTBEAT_SECS",
+        default: "15",
+        meaning: "on a Server-Sent Events answer, write an SSE comment (: keep-alive) after this many seconds of upstream silence, at an event boundary, and again every as many seconds, so nginx, CDNs and clients do not cut a model that thinks for minutes; 0 turns it off",
+    },
+    Setting {
         name: "COOLDOWN_SECS",
         default: "60",
         meaning: "how long a 429 benches a key when the upstream gives no delay",
@@ -270,6 +275,8 @@ pub struct Config {
     pub upstream_timeout: Duration,
     /// Default 429 cooldown.
     pub cooldown: Duration,
+    /// Silence on an SSE answer after which a heartbeat comment is written; `None`: never.
+    pub sse_heartbeat: Option<Duration>,
     /// Longest a request waits for a cooling key instead of getting 429.
     pub wait_for_key: Duration,
     /// Idle / stall / write timeout for client connections.
@@ -424,6 +431,10 @@ impl Config {
             connect_timeout: secs(&get, "CONNECT_TIMEOUT_SECS", 10)?,
             upstream_timeout: secs(&get, "UPSTREAM_TIMEOUT_SECS", 300)?,
             cooldown: secs(&get, "COOLDOWN_SECS", 60)?,
+            sse_heartbeat: match number(&get, "SSE_HEARTBEAT_SECS", 15, 0, 3600)? {
+                0 => None,
+                n => Some(Duration::from_secs(n)),
+            },
             wait_for_key: Duration::from_secs(number(&get, "WAIT_FOR_KEY_SECS", 0, 0, 3600)?),
             client_idle_timeout: secs(&get, "CLIENT_IDLE_TIMEOUT_SECS", 60)?,
             shutdown_grace: secs(&get, "SHUTDOWN_GRACE_SECS", 30)?,

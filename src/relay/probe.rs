@@ -114,7 +114,12 @@ fn probe(
 /// Probes every key of `config`, prints a line per key, and returns whether every provider
 /// with keys has at least one usable one.
 pub fn run(config: &Config) -> bool {
-    let agent = crate::agent::agent(config.connect_timeout, config.connect_timeout, PARALLEL);
+    let agent = crate::agent::agent(
+        config.connect_timeout,
+        config.connect_timeout,
+        PARALLEL,
+        None,
+    );
     let providers: Vec<(Provider, &ProviderConfig)> = build_providers(config)
         .into_iter()
         .zip(&config.providers)

@@ -17,13 +17,14 @@ use super::redact::{read_small, redact_location, redact_saved};
 use super::upload_url::rewrite_upload_url;
 use super::upstream::{self, CallFailure};
 use crate::config::{NO_ACCESS_BENCH, QUOTA_BENCH, REJECTED_KEY_BENCH};
-use crate::error::ProxyError;
+use crate::error::{ProxyError, broken_stream_event};
 use crate::json;
 use crate::keys::affinity::{AnswerWatch, Dialect, Kind, Outcome};
 use crate::keys::{ApiKey, AttemptClass, BenchReason, HeadroomReport};
 use crate::provider::Provider;
 use crate::proxy::Proxy;
 use crate::respond::answer::{Answer, SavedAnswer};
+use crate::respond::stream::SseEnds;
 
 /// Largest error body from upstream kept to relay or to read a retry delay from.
 const MAX_ERROR_BODY: u64 = 1024 * 1024;
@@ -436,12 +437,16 @@ fn relay_answer(
         }
         Err(prefix) => {
             redact_location(&provider.pool, response.headers_mut());
+            let sse = stream.then(|| SseEnds {
+                on_break: broken_stream_event(provider.shape, &provider.host).into_bytes(),
+            });
             Answer::Live {
                 response,
                 prefix,
                 attempts,
                 key,
                 watch,
+                sse,
             }
         }
     }

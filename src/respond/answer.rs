@@ -6,6 +6,7 @@ use crate::admin::Rendered;
 use crate::error::ProxyError;
 use crate::keys::affinity::AnswerWatch;
 use crate::provider::ErrorShape;
+use crate::respond::stream::SseEnds;
 
 /// How the request is answered, decided before the client connection is written to.
 pub(crate) enum Answer {
@@ -25,6 +26,8 @@ pub(crate) enum Answer {
         key: String,
         /// Learns the object ids the answer names as it passes.
         watch: Option<AnswerWatch>,
+        /// Set for a Server-Sent Events answer: heartbeats, and its break event.
+        sse: Option<SseEnds>,
     },
     /// One of keyrelay's own pages.
     Page(Rendered),

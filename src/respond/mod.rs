@@ -104,6 +104,7 @@ pub(crate) fn deliver(
             attempts,
             key,
             watch,
+            sse,
         } => {
             let status = response.status().as_u16();
             let (parts, body) = response.into_parts();
@@ -116,7 +117,7 @@ pub(crate) fn deliver(
             let framing = Framing::choose(no_body(&client.method, status), length, client.http10);
             let head = response_head(client, status, &parts.headers, framing);
             let mut reader = Tapped::new(prefix.as_slice().chain(body.into_reader()), watch);
-            let result = relay_body(out, head, &mut reader, framing, buffer);
+            let result = relay_body(out, head, &mut reader, framing, buffer, sse.as_ref());
             // Dropping an unfinished reader closes the upstream connection, which stops the
             // generation when the client has gone.
             drop(reader);
@@ -143,7 +144,14 @@ pub(crate) fn write_saved(
         client.http10,
     );
     let head = response_head(client, answer.status, &answer.headers, framing);
-    let result = relay_body(out, head, &mut answer.body.as_slice(), framing, buffer);
+    let result = relay_body(
+        out,
+        head,
+        &mut answer.body.as_slice(),
+        framing,
+        buffer,
+        None,
+    );
     (answer.status, relay_note(&result))
 }
 

@@ -4,6 +4,8 @@
 
 use std::io::{self, Read, Write};
 
+use crate::agent::SILENT;
+
 /// How the body is delimited on the client connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -28,6 +30,18 @@ impl Framing {
         }
     }
 }
+
+/// What a Server-Sent Events answer gets beyond its bytes: a comment line whenever the
+/// upstream has been silent a heartbeat interval (at an event boundary only), and, if the
+/// upstream breaks off, one last event in the provider's error shape (and no clean end).
+#[derive(Debug, Clone)]
+pub struct SseEnds {
+    /// The complete error event written when the upstream breaks off.
+    pub on_break: Vec<u8>,
+}
+
+/// An SSE comment: clients ignore it, and it keeps every hop's idle timer from firing.
+pub const HEARTBEAT: &[u8] = b": keep-alive\n\n";
 
 /// Why a relay stopped early.
 #[derive(Debug)]
@@ -66,13 +80,15 @@ impl RelayBuffer {
 
 /// Writes `head` and then the body read from `body` with `framing`, flushing after each read.
 /// The head goes out together with the first piece of body, in one write, and each later read
-/// costs one write. Returns the number of body bytes relayed.
+/// costs one write. An SSE answer (`sse`) gets heartbeats and its break event. Returns the
+/// number of body bytes relayed.
 pub fn relay_body(
     client: &mut dyn Write,
     head: Vec<u8>,
     body: &mut dyn Read,
     framing: Framing,
     buffer: &mut RelayBuffer,
+    sse: Option<&SseEnds>,
 ) -> Result<u64, RelayError> {
     if framing == Framing::None {
         return send(client, &head).map(|_| 0);
@@ -80,15 +96,40 @@ pub fn relay_body(
     let buf = buffer.bytes();
     let mut pending_head = Some(head);
     let mut relayed = 0u64;
+    // The last bytes relayed, to tell whether the stream is between two events.
+    let mut tail = Tail::default();
     loop {
         let data = SIZE_LINE_ROOM..SIZE_LINE_ROOM + RELAY_BUFFER;
         let n = match read_some(body, &mut buf[data]) {
             Ok(n) => n,
-            Err(_) => {
-                if let Some(head) = pending_head {
-                    // The client still gets the status and headers it was waiting for.
-                    let _ = send(client, &head);
+            Err(e) if e.kind() == SILENT => {
+                // The upstream is thinking: an SSE client gets a comment between events, and
+                // the head it is waiting for; anything else just waits on.
+                if sse.is_some() && tail.between_events() {
+                    let mut out = pending_head.take().unwrap_or_default();
+                    push_framed(&mut out, HEARTBEAT, framing);
+                    send(client, &out)?;
                 }
+                continue;
+            }
+            Err(_) => {
+                let mut out = pending_head.take().unwrap_or_default();
+                if let Some(sse) = sse
+                    && matches!(framing, Framing::Chunked | Framing::UntilClose)
+                {
+                    // One last event that says the stream broke, after ending any event cut in
+                    // the middle; and no terminating chunk, so no client can take the answer
+                    // for complete. (A length-framed answer cannot take more bytes: its
+                    // client sees the length fall short.)
+                    let mut event = Vec::new();
+                    if !tail.between_events() {
+                        event.extend_from_slice(b"\n\n");
+                    }
+                    event.extend_from_slice(&sse.on_break);
+                    push_framed(&mut out, &event, framing);
+                }
+                // The client still gets the status and headers it was waiting for.
+                let _ = send(client, &out);
                 return Err(RelayError::Upstream);
             }
         };
@@ -109,6 +150,7 @@ pub fn relay_body(
             return Ok(relayed);
         }
         relayed += n as u64;
+        tail.saw(&buf[SIZE_LINE_ROOM..SIZE_LINE_ROOM + n]);
         let mut from = SIZE_LINE_ROOM;
         let mut to = SIZE_LINE_ROOM + n;
         if framing == Framing::Chunked {
@@ -126,6 +168,43 @@ pub fn relay_body(
             }
             None => send(client, &buf[from..to])?,
         }
+    }
+}
+
+/// The last four bytes of a stream, to see whether it stands between two SSE events.
+#[derive(Default)]
+struct Tail {
+    bytes: [u8; 4],
+    len: usize,
+}
+
+impl Tail {
+    fn saw(&mut self, data: &[u8]) {
+        for &b in &data[data.len().saturating_sub(4)..] {
+            self.bytes.rotate_left(1);
+            self.bytes[3] = b;
+            self.len = (self.len + 1).min(4);
+        }
+    }
+
+    /// Nothing relayed yet, or the last event ended with its blank line.
+    fn between_events(&self) -> bool {
+        let last = &self.bytes[4 - self.len..];
+        self.len == 0
+            || last.ends_with(b"\n\n")
+            || last.ends_with(b"\r\n\r\n")
+            || last.ends_with(b"\r\r")
+    }
+}
+
+/// Appends `data` to `out` as the framing wants it (one chunk, or raw).
+fn push_framed(out: &mut Vec<u8>, data: &[u8], framing: Framing) {
+    if framing == Framing::Chunked {
+        let _ = write!(out, "{:x}\r\n", data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(data);
     }
 }
 
@@ -208,6 +287,7 @@ mod tests {
             &mut body,
             framing,
             &mut RelayBuffer::default(),
+            None,
         )
         .unwrap();
         out.writes

@@ -23,6 +23,7 @@ mod shared_state;
 mod state;
 mod status_page;
 mod steering;
+mod stream_ends;
 mod streaming;
 mod upstream_pool;
 mod upstream_verdicts;

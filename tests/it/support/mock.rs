@@ -53,6 +53,13 @@ pub enum Reply {
     Huge { len: u64 },
     /// A chunked stream that never ends; a failed write is reported to [`Mock::wait_write_failure`].
     Endless,
+    /// A chunked answer of this content type written piece by piece, each after its pause;
+    /// then the clean end, or (`break_off`) a garbled chunk size, as a broken upstream sends.
+    Chunks {
+        content_type: String,
+        pieces: Vec<(Duration, Vec<u8>)>,
+        break_off: bool,
+    },
 }
 
 impl Reply {
@@ -257,6 +264,11 @@ fn handle(mut request: tiny_http::Request, state: &State) {
             write_full(&mut w, status, &headers, &body, head_request)
         }
         Reply::Sse { events, gap } => write_sse(&mut w, &events, gap, state),
+        Reply::Chunks {
+            content_type,
+            pieces,
+            break_off,
+        } => write_chunks(&mut w, &content_type, &pieces, break_off, state),
         Reply::Huge { len } => write_huge(&mut w, len),
         Reply::Endless => {
             if write_endless(&mut w, state).is_err() {
@@ -366,6 +378,27 @@ fn write_sse(
         write_chunk(w, event)?;
     }
     w.write_all(b"0\r\n\r\n")?;
+    w.flush()
+}
+
+fn write_chunks(
+    w: &mut dyn Write,
+    content_type: &str,
+    pieces: &[(Duration, Vec<u8>)],
+    break_off: bool,
+    state: &State,
+) -> std::io::Result<()> {
+    write_head(w, 200, &chunked_head(content_type))?;
+    w.flush()?;
+    for (pause, piece) in pieces {
+        wait_or_stop(*pause, state);
+        write_chunk(w, piece)?;
+    }
+    if break_off {
+        // Apart from the last piece, so the reader gets that piece before the garbage.
+        wait_or_stop(Duration::from_millis(100), state);
+    }
+    w.write_all(if break_off { b"zz\r\n" } else { b"0\r\n\r\n" })?;
     w.flush()
 }
 
