@@ -17,6 +17,7 @@ use std::sync::mpsc::{Receiver, channel};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::mock::{Mock, Reply};
 use crate::support::proxy::{Proxy, TempDir, proxy_to};
 use crate::support::stateful::Stateful;
 use crate::support::{closed_port, mask};
@@ -336,4 +337,65 @@ fn anthropic_sdk_file_uses_all_reach_the_key_that_uploaded_it() {
     }
     assert_only_owner(&stand_in, &ANTHROPIC_KEYS, &owner);
     assert_log(&proxy, 4, "/anthropic/v1/messages", &owner, 3);
+}
+
+/// A stream in `provider`'s own shape that the upstream breaks off after two events.
+fn breaking_stream(provider: &str) -> Reply {
+    let events: &[&str] = match provider {
+        "openai" => &[
+            r#"data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1796000000,"model":"gpt-4o","choices":[{"index":0,"delta":{"role":"assistant","content":"Hel"},"finish_reason":null}]}"#,
+            r#"data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1796000000,"model":"gpt-4o","choices":[{"index":0,"delta":{"content":"lo"},"finish_reason":null}]}"#,
+        ],
+        "anthropic" => &[
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}",
+        ],
+        _ => &[
+            r#"data: {"candidates":[{"content":{"parts":[{"text":"Hel"}],"role":"model"},"index":0}],"modelVersion":"gemini-2.5-flash"}"#,
+            r#"data: {"candidates":[{"content":{"parts":[{"text":"lo"}],"role":"model"},"index":0}],"modelVersion":"gemini-2.5-flash"}"#,
+        ],
+    };
+    Reply::Chunks {
+        content_type: "text/event-stream".to_string(),
+        pieces: events
+            .iter()
+            .map(|e| (Duration::from_millis(20), format!("{e}\n\n").into_bytes()))
+            .collect(),
+        break_off: true,
+    }
+}
+
+#[test]
+#[ignore = "needs the Python SDKs; .ci/run installs them (scripts/sdk/venv.sh)"]
+fn a_broken_stream_makes_every_sdk_raise_keyrelays_message() {
+    let mock = Mock::start(|r| {
+        let provider = if r.url.contains("/messages") {
+            "anthropic"
+        } else if r.url.contains("generate") {
+            "gemini"
+        } else {
+            "openai"
+        };
+        breaking_stream(provider)
+    });
+    let proxy = proxy_to(&mock.url(), &OPENAI_KEYS, &GEMINI_KEYS)
+        .env("PROVIDERS", "anthropic")
+        .env("ANTHROPIC_BASE_URL", &mock.url())
+        .env("ANTHROPIC_API_KEYS", &ANTHROPIC_KEYS.join(","))
+        .start();
+    for provider in ["openai", "anthropic", "gemini"] {
+        let script = run_script("broken_stream.py", &proxy, &[provider]);
+        let raised = script.lines("RAISED ");
+        assert_eq!(raised.len(), 1, "{provider}: {}", script.stdout);
+        // google-genai 3.6.1 raises too (errors.ServerError 502 UNAVAILABLE with the message),
+        // after yielding the chunks that came before.
+        println!("{provider}: {}", raised[0]);
+        assert!(raised[0].contains("broke off this stream"), "{}", raised[0]);
+        assert_eq!(
+            script.lines("CHUNKS "),
+            ["2"],
+            "{provider}: {}",
+            script.stdout
+        );
+    }
 }
