@@ -29,7 +29,7 @@
 //! No level ever prints a key, a client credential or a raw query string: keys print as masks.
 
 pub mod admin;
-mod agent;
+pub mod agent;
 pub mod config;
 pub mod error;
 mod head_error;

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::agent::egress::Egress;
 use crate::headers::{CLIENT_CREDENTIAL_PARAM, is_client_credential_header};
 use crate::json;
 use crate::keys::affinity::{Affinity, Dialect};
@@ -49,6 +50,9 @@ pub struct Provider {
     pub pool: KeyPool,
     /// Which key owns which object, and which key each conversation is on.
     pub affinity: Arc<Affinity>,
+    /// How the keys' requests leave: key i through entry i mod m; empty: the environment's
+    /// proxy variables.
+    pub egress: Vec<Egress>,
 }
 
 impl Provider {
@@ -69,7 +73,19 @@ impl Provider {
             keys_var: keys_var_for(name),
             pool: KeyPool::new(keys),
             affinity: Arc::new(Affinity::new(dialect_of(shape), DEFAULT_SESSION_TTL)),
+            egress: Vec::new(),
         }
+    }
+
+    /// The egress the key at `index` leaves through, when `<NAME>_EGRESS` is set.
+    pub fn egress_for(&self, index: usize) -> Option<&Egress> {
+        (!self.egress.is_empty()).then(|| &self.egress[index % self.egress.len()])
+    }
+
+    /// The positions of the keys that leave through egress entry `entry`.
+    pub fn keys_behind(&self, entry: usize) -> Vec<usize> {
+        let m = self.egress.len().max(1);
+        (0..self.pool.len()).filter(|i| i % m == entry).collect()
     }
 
     /// Whether a request header carries a client credential to strip: the usual three, plus this

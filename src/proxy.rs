@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use ureq::Agent;
 
 use crate::agent;
+use crate::agent::egress::Egress;
 use crate::config::Config;
 use crate::keys::access::AccessTokens;
 use crate::keys::affinity::Affinity;
@@ -158,6 +159,12 @@ pub(crate) fn build_providers(config: &Config) -> Vec<Provider> {
             );
             provider.affinity =
                 Arc::new(Affinity::new(provider.affinity.dialect, config.session_ttl));
+            // Validated with the configuration: each entry parses.
+            provider.egress = p
+                .egress
+                .iter()
+                .filter_map(|entry| Egress::parse(&entry.url).ok())
+                .collect();
             provider
         })
         .collect()
@@ -183,6 +190,19 @@ fn describe_changes(old: &[Provider], new: &[Provider]) -> Vec<String> {
         }
         if before.auth != provider.auth {
             changes.push(format!("{}: key injection changed", provider.name));
+        }
+        let shown = |p: &Provider| p.egress.iter().map(|e| e.shown.clone()).collect::<Vec<_>>();
+        if shown(before) != shown(provider) {
+            let list = shown(provider);
+            changes.push(format!(
+                "{}: egress {}",
+                provider.name,
+                if list.is_empty() {
+                    "as the environment says".to_string()
+                } else {
+                    list.join(", ")
+                }
+            ));
         }
         let masks = |from: &Provider, not_in: &Provider| -> Vec<String> {
             from.pool

@@ -69,8 +69,11 @@ pub(super) fn status(proxy: &Proxy) -> String {
                 .collect();
             let s = &snap.stats;
             let no_access: Vec<String> = no_access_models(&snap).map(quote).collect();
+            let egress = provider
+                .egress_for(index)
+                .map_or("null".to_string(), |e| quote(&e.shown));
             keys.push(format!(
-                r#"{{"position":{},"key":{},"state":{},"until":{},"cooldowns":[{}],"no_access":[{}],"requests":{},"successes":{},"rate_limited":{},"quota_exhausted":{},"other_errors":{},"last_error":{},"headroom":{}}}"#,
+                r#"{{"position":{},"key":{},"egress":{egress},"state":{},"until":{},"cooldowns":[{}],"no_access":[{}],"requests":{},"successes":{},"rate_limited":{},"quota_exhausted":{},"other_errors":{},"last_error":{},"headroom":{}}}"#,
                 index + 1,
                 quote(&snap.mask),
                 quote(state),
@@ -103,11 +106,33 @@ pub(super) fn status(proxy: &Proxy) -> String {
                 .collect();
             counts.push(format!("{}:{{{}}}", quote(kind.label()), members.join(",")));
         }
+        let egresses: Vec<String> = provider
+            .egress
+            .iter()
+            .enumerate()
+            .map(|(entry, e)| {
+                let counts = e.counts();
+                let keys: Vec<String> = provider
+                    .keys_behind(entry)
+                    .iter()
+                    .map(|k| (k + 1).to_string())
+                    .collect();
+                format!(
+                    r#"{{"egress":{},"keys":[{}],"attempts":{},"failures":{},"rate_limited_last_minute":{}}}"#,
+                    quote(&e.shown),
+                    keys.join(","),
+                    counts.attempts,
+                    counts.failures,
+                    counts.rate_limited_last_minute
+                )
+            })
+            .collect();
         providers.push(format!(
-            r#"{{"name":{},"base_url":{},"learned_ids":{ids},"live_sessions":{sessions},"affinity":{{{}}},"keys":[{}]}}"#,
+            r#"{{"name":{},"base_url":{},"learned_ids":{ids},"live_sessions":{sessions},"affinity":{{{}}},"egress":[{}],"keys":[{}]}}"#,
             quote(&provider.name),
             quote(&provider.base_url),
             counts.join(","),
+            egresses.join(","),
             keys.join(",")
         ));
     }

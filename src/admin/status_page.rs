@@ -121,7 +121,11 @@ pub fn render(proxy: &Proxy) -> String {
                 "<tr><td>{}</td><td><code>{}</code></td><td class=\"{state}\">{state}{frees}</td><td>{}</td>\
 <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{errors}{}</td></tr>",
                 index + 1,
-                esc(&snap.mask),
+                esc(&snap.mask)
+                    + &provider
+                        .egress_for(index)
+                        .map(|e| format!("<br><small>via {}</small>", esc(&e.shown)))
+                        .unwrap_or_default(),
                 if cooldowns.is_empty() {
                     "-".to_string()
                 } else {

@@ -2,13 +2,16 @@
 //! that make ureq a transparent relay: no redirects, no decompression, statuses as answers.
 
 mod buffers;
+pub mod egress;
 mod link;
 
 use std::time::Duration;
 
 use ureq::Agent;
 use ureq::unversioned::resolver::DefaultResolver;
-use ureq::unversioned::transport::{ConnectProxyConnector, Connector, RustlsConnector};
+use ureq::unversioned::transport::{
+    ConnectProxyConnector, Connector, RustlsConnector, SocksConnector,
+};
 
 use link::LinkConnector;
 pub(crate) use link::SILENT;
@@ -58,8 +61,10 @@ pub fn agent(
         // that the transport can tell a body read from a wait for the head (heartbeats).
         .timeout_recv_body(Some(WHOLE_BODY))
         .build();
-    // ureq's default chain, minus SOCKS, with keyrelay's TCP link in place of ureq's.
+    // ureq's default chain (a SOCKS or CONNECT proxy when the request's egress or the
+    // environment names one), with keyrelay's TCP link in place of ureq's.
     let connector = ()
+        .chain(SocksConnector::default())
         .chain(ConnectProxyConnector::default())
         .chain(LinkConnector {
             silence_tick: heartbeat,

@@ -98,6 +98,15 @@ pub fn summary(config: &Config) -> Vec<String> {
             if masks.is_empty() { "" } else { ": " },
             masks.join(", ")
         ));
+        if !p.egress.is_empty() {
+            let shown: Vec<&str> = p.egress.iter().map(|e| e.shown.as_str()).collect();
+            lines.push(format!(
+                "/{}/* leaves through {} (key i through entry i mod {})",
+                p.name,
+                shown.join(", "),
+                shown.len()
+            ));
+        }
     }
     lines
 }

@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::agent::egress::Egress;
 use crate::config::catalog::{ALWAYS, known};
 use crate::config::env_file::{EnvFileError, parse_env_file};
 use crate::keys::ApiKey;
@@ -246,6 +247,24 @@ pub struct ProviderConfig {
     pub shape: ErrorShape,
     /// `<NAME>_PROBE_PATH`: what `keyrelay --probe` requests instead of the shape's default.
     pub probe_path: Option<String>,
+    /// `<NAME>_EGRESS`: how the keys' requests leave, key i through entry i mod m (empty: as
+    /// the environment's proxy variables say).
+    pub egress: Vec<EgressSetting>,
+}
+
+/// One entry of `<NAME>_EGRESS`, validated.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EgressSetting {
+    /// The entry as given (it may hold a proxy password): for the connection only.
+    pub url: String,
+    /// The entry with credentials masked, for every message.
+    pub shown: String,
+}
+
+impl fmt::Debug for EgressSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown)
+    }
 }
 
 /// The validated configuration.
@@ -525,7 +544,27 @@ fn parse_providers(
             Some(v) => parse_auth(&auth_var, &v)?,
             None => known.map_or(AuthStyle::Bearer, |k| k.auth.style()),
         };
+        let egress_var = format!("{prefix}_EGRESS");
+        let egress = match get(&egress_var) {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|entry| !entry.is_empty())
+                .map(|entry| {
+                    let parsed = Egress::parse(entry).map_err(|reason| ConfigError::Invalid {
+                        var: egress_var.clone(),
+                        reason,
+                    })?;
+                    Ok(EgressSetting {
+                        url: entry.to_string(),
+                        shown: parsed.shown,
+                    })
+                })
+                .collect::<Result<Vec<_>, ConfigError>>()?,
+        };
         providers.push(ProviderConfig {
+            egress,
             keys: checked_keys(&keys_var_for(&name), get)?,
             probe_path: get(&format!("{}_PROBE_PATH", env_prefix(&name))),
             base_url,

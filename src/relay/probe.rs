@@ -87,7 +87,8 @@ fn probe(
         return KeyVerdict::Unexpected(0);
     };
     let headers = with_key(headers, provider, key);
-    let mut response = match upstream::call(agent, &Method::GET, uri, headers, None) {
+    let egress = provider.egress_for(index);
+    let mut response = match upstream::call(agent, &Method::GET, uri, headers, None, egress) {
         Ok(response) => response,
         Err(CallFailure::Unreachable(_) | CallFailure::TimedOut | CallFailure::Failed(_)) => {
             return KeyVerdict::Unreachable;
@@ -153,8 +154,12 @@ pub fn run(config: &Config) -> bool {
         let (found, took) = result.expect("every probe ran");
         usable[p] |= found.usable();
         let provider = &providers[p].0;
+        let via = provider
+            .egress_for(k)
+            .map(|e| format!(" via {}", e.shown))
+            .unwrap_or_default();
         println!(
-            "{:<12} {:<14} {:<28} {} ms",
+            "{:<12} {:<14} {:<28} {} ms{via}",
             provider.name,
             provider.pool.key(k).mask(),
             found.label(),

@@ -103,8 +103,19 @@ pub(crate) fn try_round(
         let headers = upstream.headers_with_key(provider, key);
         let sent_body = upstream.has_body.then_some(body);
         // Every way of getting no answer counts as unreachable for this key's counters.
-        let called = upstream::call(&proxy.agent, &upstream.method, uri, headers, sent_body)
-            .inspect_err(|_| pool.record(index, AttemptClass::Unreachable));
+        let egress = provider.egress_for(index);
+        if let Some(egress) = egress {
+            egress.attempted();
+        }
+        let called = upstream::call(
+            &proxy.agent,
+            &upstream.method,
+            uri,
+            headers,
+            sent_body,
+            egress,
+        )
+        .inspect_err(|_| pool.record(index, AttemptClass::Unreachable));
         let mut response = match called {
             Ok(response) => response,
             Err(CallFailure::TimedOut) => {
@@ -130,6 +141,9 @@ pub(crate) fn try_round(
             }
             Err(CallFailure::Unreachable(why)) => {
                 debug!("{} key={} unreachable: {why}", provider.name, key);
+                if let Some(egress) = egress.filter(|e| e.proxy.is_some()) {
+                    egress.failed(&provider.name, &why);
+                }
                 last = LastFailure::Unreachable;
                 continue;
             }
@@ -207,6 +221,10 @@ pub(crate) fn try_round(
             }
             Verdict::RateLimited => {
                 pool.record(index, AttemptClass::RateLimited);
+                if let Some(egress) = egress {
+                    let entry = index % provider.egress.len();
+                    egress.rate_limited(&provider.name, index, &provider.keys_behind(entry));
+                }
                 let cooldown = cooldown_of(response.headers(), error_text, proxy.limits.cooldown);
                 let reason = BenchReason::RateLimited;
                 pool.bench(index, model, Instant::now() + cooldown, reason);

@@ -6,6 +6,8 @@ use std::io;
 use ureq::http::{self, HeaderMap, Method, Response, Uri};
 use ureq::{Agent, Body, Timeout};
 
+use crate::agent::egress::Egress;
+
 /// Why an upstream call produced no answer.
 #[derive(Debug)]
 pub enum CallFailure {
@@ -20,19 +22,62 @@ pub enum CallFailure {
     TimedOut,
 }
 
-/// Sends one request. `body` is `None` for body-less requests.
+/// Sends one request, through `egress` when the key has one (else as the environment says).
+/// `body` is `None` for body-less requests.
 pub fn call(
     agent: &Agent,
     method: &Method,
     uri: Uri,
     headers: HeaderMap,
     body: Option<&[u8]>,
+    egress: Option<&Egress>,
 ) -> Result<Response<Body>, CallFailure> {
     let result = match body {
-        Some(bytes) => agent.run(request(method, uri, headers, bytes)),
-        None => agent.run(request(method, uri, headers, ())),
+        Some(bytes) => agent.run(routed(agent, request(method, uri, headers, bytes), egress)),
+        None => agent.run(routed(agent, request(method, uri, headers, ()), egress)),
     };
-    result.map_err(|err| classify(&err))
+    result.map_err(|err| match egress {
+        Some(egress) if egress.proxy.is_some() => classify_via_proxy(&err),
+        _ => classify(&err),
+    })
+}
+
+/// `request` set to leave through `egress` (`direct` overrides the environment's proxy too).
+fn routed<B: ureq::AsSendBody>(
+    agent: &Agent,
+    request: http::Request<B>,
+    egress: Option<&Egress>,
+) -> http::Request<B> {
+    match egress {
+        Some(egress) => agent
+            .configure_request(request)
+            .proxy(egress.proxy.clone())
+            .build(),
+        None => request,
+    }
+}
+
+/// Errors of a request through a proxy: the proxy refusing the CONNECT, or a SOCKS handshake
+/// that failed, happen before anything reached the upstream.
+fn classify_via_proxy(err: &ureq::Error) -> CallFailure {
+    use ureq::Error as E;
+    match err {
+        E::ConnectProxyFailed(_) => {
+            CallFailure::Unreachable("the proxy refused the CONNECT".into())
+        }
+        E::Io(io)
+            if matches!(
+                io.kind(),
+                io::ErrorKind::Other
+                    | io::ErrorKind::InvalidData
+                    | io::ErrorKind::InvalidInput
+                    | io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            CallFailure::Unreachable("the SOCKS proxy refused".into())
+        }
+        _ => classify(err),
+    }
 }
 
 fn request<B>(method: &Method, uri: Uri, headers: HeaderMap, body: B) -> http::Request<B> {

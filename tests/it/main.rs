@@ -5,6 +5,7 @@ mod support;
 
 mod affinity;
 mod config;
+mod egress;
 mod frontend;
 mod hardening;
 mod headroom;

@@ -2,6 +2,7 @@
 //! utilities (key masks, HTTP dates, a closed port, condition polling).
 
 pub mod api;
+pub mod egress;
 pub mod http;
 pub mod mock;
 pub mod nginx;
