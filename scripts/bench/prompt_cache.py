@@ -467,7 +467,10 @@ def main():
         sys.exit("need at least 1 conversation, 2 turns, 1 thread and 1 key")
     keys = [f"sk-bench-key-{i + 1:04d}" for i in range(args.keys)]
     modes = [run_mode(args, keys, mode) for mode in args.modes.split(",")]
-    print_table(args, keys, modes, args.label or git_commit(), os.path.relpath(args.bin, ROOT))
+    binary = os.path.abspath(args.bin)
+    if binary.startswith(ROOT + os.sep):
+        binary = os.path.relpath(binary, ROOT)
+    print_table(args, keys, modes, args.label or git_commit(), binary)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(modes, f, indent=1)
