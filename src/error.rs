@@ -53,6 +53,13 @@ pub enum ProxyError {
         /// The limit that ran out.
         secs: u64,
     },
+    /// The upstream's TLS certificate is not trusted.
+    Untrusted {
+        /// Upstream host.
+        host: String,
+        /// What rustls said about it.
+        why: String,
+    },
     /// The client's request is not acceptable HTTP (see [`HeadError`]).
     Http(HeadError),
     /// The client stalled in the middle of a request.
@@ -179,6 +186,11 @@ impl ProxyError {
                 504,
                 "upstream_timeout",
                 format!("The upstream {host} sent nothing for {secs} s; retry, or raise UPSTREAM_TIMEOUT_SECS for slow models."),
+            ),
+            ProxyError::Untrusted { host, why } => (
+                502,
+                "upstream_certificate_untrusted",
+                format!("The upstream {host} presented a TLS certificate keyrelay does not trust ({why}). If it is signed by your own or your company's CA (a TLS-inspecting proxy, a self-hosted upstream), put that CA's PEM certificate in UPSTREAM_CA_FILE and reload keyrelay (SIGHUP)."),
             ),
             ProxyError::Http(error) => (error.status(), "invalid_http_request", error.message()),
             ProxyError::ClientTimeout => (

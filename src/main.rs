@@ -159,7 +159,19 @@ fn serve(config: Config) -> ExitCode {
         info!("{line}");
     }
     info!("listening on http://{}", listener.local_addr());
-    let proxy = Arc::new(Proxy::new(&config));
+    let trust = match keyrelay::agent::trust::Trust::new(&config.trust_files) {
+        Ok((trust, 0)) => trust,
+        Ok((trust, extra)) => {
+            info!("TLS: {extra} certificate(s) trusted besides the built-in roots");
+            trust
+        }
+        Err(why) => {
+            error!("{why}");
+            eprintln!("keyrelay: configuration error: {why}");
+            return ExitCode::from(2);
+        }
+    };
+    let proxy = Arc::new(Proxy::with_trust(&config, trust));
     let reloaded = Arc::clone(&proxy);
     let reload = move || reload_config(&reloaded);
     let fd_limit = listen::raise_fd_limit();

@@ -4,10 +4,12 @@
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+use log::error;
 use ureq::Agent;
 
 use crate::agent;
 use crate::agent::egress::Egress;
+use crate::agent::trust::{Trust, TrustFiles};
 use crate::config::Config;
 use crate::keys::access::AccessTokens;
 use crate::keys::affinity::Affinity;
@@ -44,6 +46,8 @@ pub struct Proxy {
     providers: RwLock<Arc<Vec<Provider>>>,
     /// Shared upstream connection pool.
     pub agent: Agent,
+    /// The roots TLS upstreams are checked against; new connections take a reload's.
+    trust: Trust,
     /// Limits.
     pub limits: Limits,
     /// Request ids.
@@ -63,8 +67,16 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Builds the state for `config`.
+    /// Builds the state for `config`, trusting only the built-in roots for TLS (see
+    /// [`Proxy::with_trust`]).
     pub fn new(config: &Config) -> Proxy {
+        let (trust, _) = Trust::new(&TrustFiles::default()).expect("the built-in roots load");
+        Proxy::with_trust(config, trust)
+    }
+
+    /// Builds the state for `config`, checking TLS upstreams against `trust` (made from
+    /// `config.trust_files` by the caller, who reports a bad file).
+    pub fn with_trust(config: &Config, trust: Trust) -> Proxy {
         Proxy {
             providers: RwLock::new(Arc::new(build_providers(config))),
             agent: agent::agent(
@@ -72,7 +84,9 @@ impl Proxy {
                 config.upstream_timeout,
                 config.workers,
                 config.sse_heartbeat,
+                trust.clone(),
             ),
+            trust,
             limits: Limits {
                 max_body_bytes: config.max_body_bytes,
                 cooldown: config.cooldown,
@@ -123,7 +137,17 @@ impl Proxy {
             }
         }
         attach_all(&new, self.journal.get());
-        let changes = describe_changes(&old, &new);
+        let mut changes = describe_changes(&old, &new);
+        // Read again whether set or not: a variable removed takes its certificates with it.
+        match self.trust.reload(&config.trust_files) {
+            Ok(0) => {}
+            Ok(n) => changes.push(format!(
+                "TLS: {n} certificate(s) trusted besides the built-in roots"
+            )),
+            Err(why) => {
+                error!("reload: {why}; new TLS connections keep the certificates trusted before");
+            }
+        }
         *self.providers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
         changes
     }

@@ -4,17 +4,17 @@
 mod buffers;
 pub mod egress;
 mod link;
+pub mod trust;
 
 use std::time::Duration;
 
 use ureq::Agent;
 use ureq::unversioned::resolver::DefaultResolver;
-use ureq::unversioned::transport::{
-    ConnectProxyConnector, Connector, RustlsConnector, SocksConnector,
-};
+use ureq::unversioned::transport::{ConnectProxyConnector, Connector, SocksConnector};
 
 use link::LinkConnector;
 pub(crate) use link::SILENT;
+use trust::{Trust, TrustConnector};
 
 /// Per-connection read buffer, also the largest upstream response head accepted.
 const INPUT_BUFFER: usize = 16 * 1024;
@@ -28,11 +28,13 @@ const WHOLE_BODY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Builds the agent every worker shares (it holds the upstream connection pool).
 /// `heartbeat`: how often a silent body read reports silence ([`SILENT`]), so the relay can
 /// keep a stream's client connection alive (SSE_HEARTBEAT_SECS; `None` for none).
+/// `trust`: the roots TLS upstreams are checked against.
 pub fn agent(
     connect_timeout: Duration,
     upstream_timeout: Duration,
     workers: usize,
     heartbeat: Option<Duration>,
+    trust: Trust,
 ) -> Agent {
     let config = Agent::config_builder()
         .http_status_as_error(false)
@@ -62,13 +64,13 @@ pub fn agent(
         .timeout_recv_body(Some(WHOLE_BODY))
         .build();
     // ureq's default chain (a SOCKS or CONNECT proxy when the request's egress or the
-    // environment names one), with keyrelay's TCP link in place of ureq's.
+    // environment names one), with keyrelay's TCP link and TLS trust in place of ureq's.
     let connector = ()
         .chain(SocksConnector::default())
         .chain(ConnectProxyConnector::default())
         .chain(LinkConnector {
             silence_tick: heartbeat,
         })
-        .chain(RustlsConnector::default());
+        .chain(TrustConnector { trust });
     Agent::with_parts(config, connector, DefaultResolver::default())
 }

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::agent::egress::Egress;
+use crate::agent::trust::TrustFiles;
 use crate::config::catalog::{ALWAYS, known};
 use crate::config::env_file::{EnvFileError, parse_env_file};
 use crate::keys::ApiKey;
@@ -128,6 +129,16 @@ pub const SETTINGS: &[Setting] = &[
         name: "SSE_HEARTBEAT_SECS",
         default: "15",
         meaning: "on a Server-Sent Events answer, write an SSE comment (: keep-alive) after this many seconds of upstream silence, at an event boundary, and again every as many seconds, so nginx, CDNs and clients do not cut a model that thinks for minutes; 0 turns it off",
+    },
+    Setting {
+        name: "UPSTREAM_CA_FILE",
+        default: "-",
+        meaning: "PEM certificates trusted for TLS upstreams in addition to the built-in Mozilla roots (a TLS-inspecting corporate proxy, a self-hosted upstream's own CA); read at start and on SIGHUP",
+    },
+    Setting {
+        name: "SSL_CERT_FILE",
+        default: "-",
+        meaning: "read as other tools read it (a PEM bundle), and trusted in addition to the built-in roots, like UPSTREAM_CA_FILE",
     },
     Setting {
         name: "COOLDOWN_SECS",
@@ -312,6 +323,8 @@ pub struct Config {
     pub state_file: Option<String>,
     /// The store several instances share their key state through (SHARED_STATE_URL).
     pub shared_state: Option<SharedSettings>,
+    /// Certificates trusted for TLS upstreams besides Mozilla's roots.
+    pub trust_files: TrustFiles,
     /// Client access tokens (empty: none required).
     pub proxy_tokens: Vec<ApiKey>,
     /// Providers, keyed by route name, in a fixed order.
@@ -432,6 +445,10 @@ impl Config {
         let shared_state = parse_shared_state(&get)?;
         Ok(Config {
             shared_state,
+            trust_files: TrustFiles {
+                upstream_ca_file: get("UPSTREAM_CA_FILE"),
+                ssl_cert_file: get("SSL_CERT_FILE"),
+            },
             log_file: get("LOG_FILE"),
             state_file: get("STATE_FILE"),
             proxy_tokens,

@@ -12,6 +12,7 @@ use super::attempt::{uri_with_key, with_key};
 use super::outcome::{Verdict, cooldown_of, needs_body, verdict};
 use super::round::read_error_body;
 use super::upstream::{self, CallFailure};
+use crate::agent::trust::Trust;
 use crate::config::{Config, ProviderConfig};
 use crate::provider::{ErrorShape, Provider};
 use crate::proxy::build_providers;
@@ -32,6 +33,8 @@ pub enum KeyVerdict {
     RateLimited(Duration),
     /// The upstream could not be reached.
     Unreachable,
+    /// The upstream's TLS certificate is not trusted (UPSTREAM_CA_FILE).
+    Untrusted,
     /// Any other answer.
     Unexpected(u16),
 }
@@ -51,6 +54,7 @@ impl KeyVerdict {
                 format!("rate_limited (cooldown {} s)", wait.as_secs_f64().ceil())
             }
             KeyVerdict::Unreachable => "unreachable".into(),
+            KeyVerdict::Untrusted => "untrusted certificate (set UPSTREAM_CA_FILE)".into(),
             KeyVerdict::Unexpected(status) => format!("unexpected {status}"),
         }
     }
@@ -90,6 +94,7 @@ fn probe(
     let egress = provider.egress_for(index);
     let mut response = match upstream::call(agent, &Method::GET, uri, headers, None, egress) {
         Ok(response) => response,
+        Err(CallFailure::Untrusted(_)) => return KeyVerdict::Untrusted,
         Err(CallFailure::Unreachable(_) | CallFailure::TimedOut | CallFailure::Failed(_)) => {
             return KeyVerdict::Unreachable;
         }
@@ -115,11 +120,19 @@ fn probe(
 /// Probes every key of `config`, prints a line per key, and returns whether every provider
 /// with keys has at least one usable one.
 pub fn run(config: &Config) -> bool {
+    let trust = match Trust::new(&config.trust_files) {
+        Ok((trust, _)) => trust,
+        Err(why) => {
+            println!("probe: {why}");
+            return false;
+        }
+    };
     let agent = crate::agent::agent(
         config.connect_timeout,
         config.connect_timeout,
         PARALLEL,
         None,
+        trust,
     );
     let providers: Vec<(Provider, &ProviderConfig)> = build_providers(config)
         .into_iter()

@@ -139,6 +139,14 @@ pub(crate) fn try_round(
                     *attempts,
                 ));
             }
+            Err(CallFailure::Untrusted(why)) => {
+                let host = provider.host.clone();
+                return Ok(Served::error(
+                    provider,
+                    ProxyError::Untrusted { host, why },
+                    *attempts,
+                ));
+            }
             Err(CallFailure::Unreachable(why)) => {
                 debug!("{} key={} unreachable: {why}", provider.name, key);
                 if let Some(egress) = egress.filter(|e| e.proxy.is_some()) {

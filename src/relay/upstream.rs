@@ -20,6 +20,8 @@ pub enum CallFailure {
     /// The request was sent and the upstream went silent. Not retried: the generation may be
     /// running, and billed.
     TimedOut,
+    /// The upstream's TLS certificate is not one keyrelay trusts: the same for every key.
+    Untrusted(String),
 }
 
 /// Sends one request, through `egress` when the key has one (else as the environment says).
@@ -113,6 +115,9 @@ fn classify(err: &ureq::Error) -> CallFailure {
         E::HostNotFound => CallFailure::Unreachable("host not found".into()),
         E::ConnectionFailed => CallFailure::Unreachable("connection failed".into()),
         E::Tls(reason) => CallFailure::Unreachable(format!("TLS: {reason}")),
+        E::Rustls(rustls::Error::InvalidCertificate(why)) => {
+            CallFailure::Untrusted(format!("{why:?}"))
+        }
         E::Rustls(_) => CallFailure::Unreachable("TLS handshake failed".into()),
         E::Protocol(_) => CallFailure::Failed("malformed upstream answer".into()),
         // Other variants can carry the URL; a URL may hold a key for query-auth providers.

@@ -26,5 +26,6 @@ mod status_page;
 mod steering;
 mod stream_ends;
 mod streaming;
+mod tls_trust;
 mod upstream_pool;
 mod upstream_verdicts;

@@ -12,6 +12,7 @@ pub mod redis;
 #[cfg(test)]
 mod selftest;
 pub mod stateful;
+pub mod tls;
 
 use std::net::TcpListener;
 use std::thread;
