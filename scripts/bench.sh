@@ -1018,4 +1018,5 @@ main() {
 }
 
 # Run when executed, not when sourced (scripts/bench/affinity_c64.sh sources it for its pieces).
-if ((${#BASH_SOURCE[@]} == 1)); then main "$@"; fi
+# bash -c 'source scripts/bench.sh; ...' also sees one BASH_SOURCE element, but there $0 is bash.
+if [[ ${BASH_SOURCE[0]} == "$0" && ${#BASH_SOURCE[@]} == 1 ]]; then main "$@"; fi

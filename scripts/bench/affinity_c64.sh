@@ -247,7 +247,8 @@ print_affinity_section() {
 # ---------------------------------------------------------------------------------------------
 # Standalone
 
-if ((${#BASH_SOURCE[@]} == 1)); then
+# Executed, not sourced: neither by bench.sh (BASH_SOURCE longer) nor by bash -c ($0 is bash).
+if [[ ${BASH_SOURCE[0]} == "$0" && ${#BASH_SOURCE[@]} == 1 ]]; then
   set -euo pipefail
   # shellcheck source=scripts/bench.sh
   source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/bench.sh"
