@@ -18,7 +18,7 @@
 # p50, p99, CPU us per request (utime + stime of /proc/<pid>/stat over the run / requests) and
 # context switches per request, and each round's rps; then on/before and off/before rps (target:
 # on >= 0.95x before) and the CPU us per request each change adds. Before every wrk run it waits
-# (at most AFFINITY_CARGO_WAIT s over the run, default 900) while a cargo or rustc process runs;
+# (at most AFFINITY_CARGO_WAIT s over the run, default 900) while a cargo, rustc or wrk runs;
 # a run during which other work took more than AFFINITY_OTHERS_MAX % (default 10) of the CPUs
 # (/proc/stat's busy time less that of keyrelay, the stand-in, wrk and the script) is run again,
 # at most twice; the table shows that share for every run.
@@ -96,18 +96,19 @@ affinity_build() {
   fi
 }
 
-# aff_wait_for_cargo: while someone's cargo or rustc runs (a build or test would share the two
-# CPUs with the measurement), wait, at most AFFINITY_CARGO_WAIT s over the whole run.
+# aff_wait_for_cargo: while someone's cargo, rustc or wrk runs (a build, a test or another
+# benchmark would share the two CPUs with the measurement; none of ours runs when this is called),
+# wait, at most AFFINITY_CARGO_WAIT s over the whole run.
 AFF_CARGO_WAITED=0
 aff_wait_for_cargo() {
   local said=0
-  while pgrep -x 'cargo|rustc' >/dev/null && ((AFF_CARGO_WAITED < AFFINITY_CARGO_WAIT)); do
-    ((said)) || log "(9) a cargo/rustc process is running: waiting for it to end ($(pgrep -a -x 'cargo|rustc' | head -1 | cut -c1-100))"
+  while pgrep -x 'cargo|rustc|wrk' >/dev/null && ((AFF_CARGO_WAITED < AFFINITY_CARGO_WAIT)); do
+    ((said)) || log "(9) a cargo, rustc or wrk process is running: waiting for it to end ($(pgrep -a -x 'cargo|rustc|wrk' | head -1 | cut -c1-100))"
     said=1
     sleep 5
     AFF_CARGO_WAITED=$((AFF_CARGO_WAITED + 5))
   done
-  if pgrep -x 'cargo|rustc' >/dev/null; then AFF[cargo_during]=$((${AFF[cargo_during]:-0} + 1)); fi
+  if pgrep -x 'cargo|rustc|wrk' >/dev/null; then AFF[cargo_during]=$((${AFF[cargo_during]:-0} + 1)); fi
 }
 
 # aff_own_ticks TARGET: CPU ticks so far of what a run is made of: the variant's keyrelay, the
@@ -198,7 +199,7 @@ print_affinity_c64() {
   local fmt='%-30s %9s %8s %8s %10s %8s %12s   %s\n'
   echo "(9) affinity: wrk -t2 -c64 -d${AFF_DURATION}s POST $CHAT, $AFFINITY_ROUNDS rounds interleaved (order reversed every other round), medians; 4 keys, WORKERS=${KR_WORKERS:-default}"
   echo "before = $AFFINITY_BEFORE_REV ($AFFINITY_BEFORE_DIR/target/release/keyrelay); now = ${AFF[now_rev]} (${AFF[now_bin]}); first turn = bench.sh's ~400-byte request, later turn = the same with an answer and a second question (~600 bytes)"
-  echo "machine: CPUs busy with other work ${AFF[busy_before]}% before (after waiting ${AFF[quiet_waited]}s), ${AFF[busy_after]}% after; all CPUs ${AFF[busy_during]}% busy over the rounds (wrk, nginx and keyrelay included); runs that started with a cargo/rustc running: ${AFF[cargo_during]:-0} (waited ${AFF_CARGO_WAITED}s for them); runs run again because others took > ${AFFINITY_OTHERS_MAX}% of the CPUs: $(cat "$RAW"/others-aff-c64-r*.txt | awk -F'tries=' '{ s += $2 - 1 } END { print s + 0 }'), still disturbed after 3 tries: ${AFF[disturbed]:-0}"
+  echo "machine: CPUs busy with other work ${AFF[busy_before]}% before (after waiting ${AFF[quiet_waited]}s), ${AFF[busy_after]}% after; all CPUs ${AFF[busy_during]}% busy over the rounds (wrk, nginx and keyrelay included); runs that started with a cargo/rustc/wrk running: ${AFF[cargo_during]:-0} (waited ${AFF_CARGO_WAITED}s for them); runs run again because others took > ${AFFINITY_OTHERS_MAX}% of the CPUs: $(cat "$RAW"/others-aff-c64-r*.txt | awk -F'tries=' '{ s += $2 - 1 } END { print s + 0 }'), still disturbed after 3 tries: ${AFF[disturbed]:-0}"
   echo
   # shellcheck disable=SC2059
   printf "$fmt" "variant" "rps" "p50 ms" "p99 ms" "CPU us/req" "ctx/req" "non2xx/err" "rps per round (others' CPU %)"
