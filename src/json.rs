@@ -125,9 +125,9 @@ pub fn plain_string(raw: &[u8]) -> Option<&str> {
         .flatten()
 }
 
-/// Every JSON string in `body` (names and values alike) without escapes, as raw bytes between
-/// its quotes, found with one pass over the bytes.
-pub fn plain_strings(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+/// Every JSON string value in `body` without escapes (member names are left out), as raw
+/// bytes between its quotes, found with one pass over the bytes.
+pub fn plain_values(body: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut at = 0;
     std::iter::from_fn(move || {
         loop {
@@ -136,6 +136,10 @@ pub fn plain_strings(body: &[u8]) -> impl Iterator<Item = &[u8]> {
             let close = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
             if rest[close] == b'"' {
                 at = open + 1 + close + 1;
+                // A string followed by a colon is a member's name, not a value.
+                if body.get(skip_space(body, at)) == Some(&b':') {
+                    continue;
+                }
                 return Some(&rest[..close]);
             }
             // An escaped string: skip to its real end, it is not one we look for.
@@ -283,13 +287,17 @@ mod tests {
         assert_eq!(array_elements(b"[ ]").count(), 0);
         assert_eq!(array_elements(b"{}").count(), 0);
         assert_eq!(top_level_members(b"[1]").count(), 0);
-        let strings: Vec<&[u8]> = plain_strings(body).collect();
-        assert!(strings.contains(&&b"messages"[..]) && strings.contains(&&b"user"[..]));
+        let values: Vec<&[u8]> = plain_values(body).collect();
+        assert!(values.contains(&&b"user"[..]) && values.contains(&&b"m"[..]));
         assert!(
-            !strings.iter().any(|s| s.starts_with(b"a ")),
+            !values.contains(&&b"messages"[..]),
+            "a member name is no value"
+        );
+        assert!(
+            !values.iter().any(|s| s.starts_with(b"a ")),
             "escaped string skipped"
         );
-        assert_eq!(plain_strings(br#"{"a":"unterminated"#).count(), 1);
+        assert_eq!(plain_values(br#"{"a" : "x", "b":"unterminated"#).count(), 1);
     }
 
     #[test]

@@ -18,7 +18,21 @@ use crate::load::Load;
 use crate::metrics::Metrics;
 use crate::provider::Provider;
 use crate::request_id::RequestIds;
-use crate::state::shared::SharedState;
+
+/// Whether a shared store is reachable, and since when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    pub up: bool,
+    pub since: std::time::SystemTime,
+}
+
+/// What the status pages show of the shared store (state/shared keeps it).
+pub trait SharedStatus: Send + Sync {
+    /// The store's URL with its password masked.
+    fn shown_url(&self) -> &str;
+    /// Whether it is reachable, and since when.
+    fn health(&self) -> Health;
+}
 
 /// Limits applied to every request.
 #[derive(Debug, Clone, Copy)]
@@ -62,8 +76,8 @@ pub struct Proxy {
     pub started: Instant,
     /// Where key state changes are reported (SHARED_STATE_URL), once attached.
     journal: OnceLock<Arc<dyn Journal>>,
-    /// The shared store, when SHARED_STATE_URL is set.
-    pub shared: OnceLock<Arc<SharedState>>,
+    /// The shared store's state, when SHARED_STATE_URL is set.
+    pub shared: OnceLock<Arc<dyn SharedStatus>>,
 }
 
 impl Proxy {

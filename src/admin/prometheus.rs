@@ -84,7 +84,7 @@ pub(super) fn metrics(proxy: &Proxy) -> String {
     );
     let _ = writeln!(out, "# TYPE keyrelay_affinity_entries gauge");
     for provider in proxy.providers().iter() {
-        let (ids, sessions) = provider.affinity.sizes(now);
+        let (ids, sessions) = provider.affinity.sizes();
         for (table, n) in [("ids", ids), ("sessions", sessions)] {
             let _ = writeln!(
                 out,

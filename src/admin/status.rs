@@ -95,7 +95,7 @@ pub(super) fn status(proxy: &Proxy) -> String {
             ));
         }
         let affinity = &provider.affinity;
-        let (ids, sessions) = affinity.sizes(now);
+        let (ids, sessions) = affinity.sizes();
         let mut counts: Vec<String> = Vec::new();
         for kind in Kind::ALL {
             let members: Vec<String> = affinity

@@ -67,7 +67,7 @@ pub fn render(proxy: &Proxy) -> String {
         );
     }
     for provider in proxy.providers().iter() {
-        let (ids, sessions) = provider.affinity.sizes(now);
+        let (ids, sessions) = provider.affinity.sizes();
         let _ = write!(
             out,
             "<h2>{} <small>{}</small></h2><div class=\"top\"><span>learned ids {ids}</span>\

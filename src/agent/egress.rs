@@ -12,6 +12,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use log::warn;
 use ureq::Proxy;
 
+use crate::keys::mask_userinfo;
+
 /// One way out.
 #[derive(Debug)]
 pub struct Egress {
@@ -135,19 +137,6 @@ fn once_a_minute(last: &AtomicU64) -> bool {
             .is_ok()
 }
 
-/// `url` with any `user:password@` replaced by `***@`.
-pub fn mask_userinfo(url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some(parts) => parts,
-        None => return url.to_string(),
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..end].rfind('@') {
-        Some(at) => format!("{scheme}://***{}", &rest[at..]),
-        None => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +149,8 @@ mod tests {
         let socks = Egress::parse(" socks5h://127.0.0.1:1080 ").unwrap();
         assert_eq!(socks.shown, "socks5h://127.0.0.1:1080");
         assert!(Egress::parse("DIRECT").unwrap().proxy.is_none());
+        let slashed = Egress::parse("socks5://u:se/cr?e#t@127.0.0.1:1080").unwrap();
+        assert_eq!(slashed.shown, "socks5://***@127.0.0.1:1080");
         for bad in ["ftp://user:s3cret@h:1", "127.0.0.1:8080", "socks4://h:1"] {
             let error = Egress::parse(bad).unwrap_err();
             assert!(!error.contains("s3cret"), "{error}");

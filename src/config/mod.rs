@@ -13,7 +13,7 @@ use crate::agent::egress::Egress;
 use crate::agent::trust::TrustFiles;
 use crate::config::catalog::{ALWAYS, known};
 use crate::config::env_file::{EnvFileError, parse_env_file};
-use crate::keys::ApiKey;
+use crate::keys::{ApiKey, mask_userinfo};
 use crate::provider::{AuthStyle, ErrorShape, env_prefix, keys_var_for};
 
 /// One documented setting: its variable, default and meaning. `--help` prints this list; the
@@ -652,7 +652,7 @@ pub fn parse_keys(list: &str) -> Vec<ApiKey> {
 
 fn parse_base_url(var: &str, value: &str) -> Result<String, ConfigError> {
     // Messages reach --check, the journal and LOG_FILE: a password in the URL must not.
-    let shown = without_userinfo(value);
+    let shown = mask_userinfo(value);
     let invalid = |reason: &str| ConfigError::Invalid {
         var: var.to_string(),
         reason: format!("{shown:?} {reason}"),
@@ -673,16 +673,6 @@ fn parse_base_url(var: &str, value: &str) -> Result<String, ConfigError> {
         return Err(invalid("must not carry a query or fragment"));
     }
     Ok(value.trim_end_matches('/').to_string())
-}
-
-/// `value` with any `user:password@` before its host replaced by `***@`.
-fn without_userinfo(value: &str) -> String {
-    let (scheme, rest) = value.split_once("://").unwrap_or(("", value));
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) if !scheme.is_empty() => format!("{scheme}://***{}", &rest[at..]),
-        _ => value.to_string(),
-    }
 }
 
 fn number(
@@ -783,7 +773,7 @@ fn parse_shared_state(
     let Some(url) = get("SHARED_STATE_URL") else {
         return Ok(None);
     };
-    let shown = without_userinfo(&url);
+    let shown = mask_userinfo(&url);
     let invalid = |reason: &str| ConfigError::Invalid {
         var: "SHARED_STATE_URL".to_string(),
         reason: format!("{shown:?} {reason}"),
@@ -800,17 +790,41 @@ fn parse_shared_state(
         }
         _ => return Err(invalid("is not a redis:// or valkey:// URL")),
     }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit('@').next().unwrap_or("");
+    // The host follows the last `@` (a password may hold `/`, `?`, `#` or `@`).
+    let after_userinfo = rest.rsplit('@').next().unwrap_or(rest);
+    let host = after_userinfo.split(['/', '?', '#']).next().unwrap_or("");
     if host.is_empty() || host.contains(char::is_whitespace) {
         return Err(invalid("has no host"));
     }
-    let shown = if authority.contains('@') {
-        shown
-    } else {
-        url.clone()
-    };
     Ok(Some(SharedSettings { url, shown, prefix }))
+}
+
+#[cfg(test)]
+mod shared_state_tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show_whatever_they_hold() {
+        for (url, shown) in [
+            (
+                "redis://:se/cret@127.0.0.1:6399",
+                "redis://***@127.0.0.1:6399",
+            ),
+            (
+                "redis://u:se#cret@127.0.0.1:6399/2",
+                "redis://***@127.0.0.1:6399/2",
+            ),
+            (
+                "redis://u:se?c@ret@127.0.0.2:6379",
+                "redis://***@127.0.0.2:6379",
+            ),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+        ] {
+            let get = |name: &str| (name == "SHARED_STATE_URL").then(|| url.to_string());
+            let settings = parse_shared_state(&get).unwrap().unwrap();
+            assert_eq!(settings.shown, shown);
+        }
+    }
 }
 
 /// A switch that defaults to on.

@@ -22,8 +22,12 @@ pub enum Change {
     },
     /// An operator took the key out of rotation or put it back.
     Disabled { key: u64, disabled: bool },
-    /// An operator cleared the key's cooldowns and benches.
-    Reset { key: u64 },
+    /// An operator cleared the key's cooldowns and benches (those for `models`; `None` is the
+    /// whole-key bench).
+    Reset {
+        key: u64,
+        models: Vec<Option<String>>,
+    },
     /// The key owns these objects.
     Learned { key: u64, ids: Vec<String> },
     /// These objects are gone.

@@ -87,6 +87,18 @@ pub fn mask_secret(secret: &str) -> String {
     format!("{head}...{tail}")
 }
 
+/// `url` with everything between its scheme and the last `@` (a `user:password`, which may
+/// itself hold `/`, `?` or `#`) replaced by `***`: the only form of a URL with credentials
+/// that is ever shown.
+pub fn mask_userinfo(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) if at > scheme.len() => {
+            format!("{scheme}://***{}", &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
 impl fmt::Display for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.masked)

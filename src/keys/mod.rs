@@ -7,5 +7,5 @@ pub mod journal;
 mod key;
 mod pool;
 
-pub use key::{ApiKey, mask_secret};
+pub use key::{ApiKey, mask_secret, mask_userinfo};
 pub use pool::*;

@@ -326,10 +326,16 @@ impl KeyPool {
 
     /// Clears every cooldown and bench of the key at `index` (an operator's reset).
     pub fn reset(&self, index: usize) {
+        let models: Vec<Option<String>> = self.lock().slots[index]
+            .benches
+            .iter()
+            .map(|bench| bench.model.clone())
+            .collect();
         self.reset_from_peer(index);
         if let Some(journal) = self.journal.get() {
             journal.record(Change::Reset {
                 key: self.keys[index].id(),
+                models,
             });
         }
     }
@@ -361,26 +367,29 @@ impl KeyPool {
     /// Benches a key (for one model, or for all when `model` is `None`) until `until`. A longer
     /// cooldown already in place is kept.
     pub fn bench(&self, index: usize, model: Option<&str>, until: Instant, reason: BenchReason) {
-        self.bench_from_peer(index, model, until, reason);
-        if let Some(journal) = self.journal.get() {
+        let in_force = self.bench_from_peer(index, model, until, reason);
+        if let (Some(journal), Some(bench)) = (self.journal.get(), in_force) {
+            // What is in force (a longer bench already there wins), so a short cooldown never
+            // overwrites a long bench elsewhere.
             let now = Instant::now();
             journal.record(Change::Bench {
                 key: self.keys[index].id(),
-                model: model.map(str::to_string),
-                until: std::time::SystemTime::now() + until.saturating_duration_since(now),
-                reason,
+                model: bench.model,
+                until: std::time::SystemTime::now() + bench.until.saturating_duration_since(now),
+                reason: bench.reason,
             });
         }
     }
 
-    /// [`KeyPool::bench`] as another instance did it (not reported again).
+    /// [`KeyPool::bench`] as another instance did it (not reported again); returns the bench
+    /// now in force for that model (or the whole key), if any.
     pub fn bench_from_peer(
         &self,
         index: usize,
         model: Option<&str>,
         until: Instant,
         reason: BenchReason,
-    ) {
+    ) -> Option<Bench> {
         let mut state = self.lock();
         let benches = &mut state.slots[index].benches;
         // Ended cooldowns go; and since model names come from clients, a key collecting too
@@ -390,23 +399,28 @@ impl KeyPool {
         let model = if model.is_some() && benches.len() >= MAX_MODEL_BENCHES {
             if matches!(reason, BenchReason::NoAccess(_)) {
                 // Not being able to use one model says nothing about the others.
-                return;
+                return None;
             }
             None
         } else {
             model
         };
         match benches.iter_mut().find(|b| b.model.as_deref() == model) {
-            Some(existing) if existing.until >= until => {}
+            Some(existing) if existing.until >= until => Some(existing.clone()),
             Some(existing) => {
                 existing.until = until;
                 existing.reason = reason;
+                Some(existing.clone())
             }
-            None => benches.push(Bench {
-                model: model.map(str::to_string),
-                until,
-                reason,
-            }),
+            None => {
+                let bench = Bench {
+                    model: model.map(str::to_string),
+                    until,
+                    reason,
+                };
+                benches.push(bench.clone());
+                Some(bench)
+            }
         }
     }
 

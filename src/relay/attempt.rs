@@ -12,6 +12,7 @@ use log::debug;
 use ureq::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
 use super::incoming::Incoming;
+use super::outcome::MIN_COOLDOWN;
 use super::round::{LastFailure, Round, try_round};
 use crate::error::ProxyError;
 use crate::headers::forward_request_header;
@@ -19,7 +20,7 @@ use crate::keys::affinity::{Conversation, Kind, Outcome, ResourcePin, conversati
 use crate::keys::{ApiKey, Readiness};
 use crate::provider::{AuthStyle, Provider};
 use crate::proxy::Proxy;
-use crate::respond::answer::Answer;
+use crate::respond::answer::{Answer, SavedAnswer};
 
 /// The parts of the upstream request that are the same for every attempt.
 pub(crate) struct UpstreamRequest<'a> {
@@ -163,6 +164,7 @@ pub(crate) fn attempt(proxy: &Proxy, provider: &Provider, request: &Request) -> 
         skip: None,
         not_owned_seen: false,
         conversation: None,
+        fallback: None,
     };
     match affinity.resource_pin(&ids, provider.pool.keys(), now) {
         ResourcePin::Conflict { first, second } => {
@@ -174,13 +176,17 @@ pub(crate) fn attempt(proxy: &Proxy, provider: &Provider, request: &Request) -> 
             return Chosen::error(provider, error, 0);
         }
         ResourcePin::Key { index, id } => {
-            if let Some(chosen) = attempt_owner(proxy, provider, request, &ids, index, &id) {
-                return chosen;
+            match attempt_owner(proxy, provider, request, &ids, index, &id) {
+                Ok(chosen) => return chosen,
+                // The owner says it has no such object (deleted, or the table was wrong): the
+                // object, if it exists, is found by trying the other keys; if none can be
+                // asked, the owner's answer is the one to give.
+                Err(answer) => {
+                    rotation.skip = Some(index);
+                    rotation.not_owned_seen = true;
+                    rotation.fallback = Some(answer);
+                }
             }
-            // The owner says it has no such object (deleted, or the table was wrong): the
-            // object, if it exists, is found by trying the other keys.
-            rotation.skip = Some(index);
-            rotation.not_owned_seen = true;
         }
         ResourcePin::None => {}
     }
@@ -194,11 +200,11 @@ pub(crate) fn attempt(proxy: &Proxy, provider: &Provider, request: &Request) -> 
             .and_then(|c| affinity.session_owner(c.key, now))
             .and_then(|owner| provider.pool.keys().iter().position(|k| k.id() == owner));
     }
-    rotate(proxy, provider, request, &rotation)
+    rotate(proxy, provider, request, &mut rotation)
 }
 
-/// A request sent to the one key that owns an object it names. `None` when that key answers
-/// that its account has no such object (the ids are forgotten).
+/// A request sent to the one key that owns an object it names. `Err` (with that key's answer)
+/// when the key answers that its account has no such object (the ids are forgotten).
 fn attempt_owner(
     proxy: &Proxy,
     provider: &Provider,
@@ -206,7 +212,7 @@ fn attempt_owner(
     ids: &[String],
     index: usize,
     id: &str,
-) -> Option<Chosen> {
+) -> Result<Chosen, (Box<SavedAnswer>, String)> {
     let pool = &provider.pool;
     let deadline = Instant::now() + proxy.limits.wait_for_key;
     let mask = || pool.key(index).mask();
@@ -229,7 +235,7 @@ fn attempt_owner(
                     key: mask(),
                     retry_after_secs: whole_secs(wait),
                 };
-                return Some(Chosen::error(provider, error, attempts));
+                return Ok(Chosen::error(provider, error, attempts));
             }
             Readiness::Out(why) => {
                 let error = ProxyError::OwnerUnavailable {
@@ -237,7 +243,7 @@ fn attempt_owner(
                     key: mask(),
                     why,
                 };
-                return Some(Chosen::error(provider, error, attempts));
+                return Ok(Chosen::error(provider, error, attempts));
             }
         }
         let mut round = Round {
@@ -245,6 +251,7 @@ fn attempt_owner(
             ids,
             strict: true,
             not_owned_seen: false,
+            skipped: false,
         };
         let (upstream, body, model) = (request.upstream, request.body, request.model);
         match try_round(
@@ -260,20 +267,35 @@ fn attempt_owner(
                 if served.by.is_some() {
                     provider.affinity.count(Kind::Resource, Outcome::Hit);
                 }
-                return Some(Chosen {
+                return Ok(Chosen {
                     answer: served.answer,
                     pin: Some(Kind::Resource),
                 });
             }
-            Err(LastFailure::NotOwned) => {
+            Err(LastFailure::NotOwned(answer, key)) => {
                 provider.affinity.forget(ids.iter().map(String::as_str));
-                return None;
+                return Err((answer, key));
             }
-            // The key is cooling now: the next pass waits for it or answers 429.
-            Err(LastFailure::RateLimited) => continue,
+            // The key is cooling now: wait for it within the deadline, else 429. (Checked here
+            // too, not only before the attempt, so no cooldown can make this loop for ever.)
+            Err(LastFailure::RateLimited) => {
+                let wait = match pool.readiness(index, model, Instant::now()) {
+                    Readiness::Cooling(wait) => wait,
+                    _ => MIN_COOLDOWN,
+                };
+                if Instant::now() + wait > deadline {
+                    let error = ProxyError::OwnerCooling {
+                        resource: id.to_string(),
+                        key: mask(),
+                        retry_after_secs: whole_secs(wait),
+                    };
+                    return Ok(Chosen::error(provider, error, attempts));
+                }
+                thread::sleep(wait);
+            }
             Err(LastFailure::Unreachable) => {
                 let host = provider.host.clone();
-                return Some(Chosen::error(
+                return Ok(Chosen::error(
                     provider,
                     ProxyError::Unreachable { host },
                     attempts,
@@ -286,14 +308,14 @@ fn attempt_owner(
                         key: mask(),
                         why,
                     };
-                    return Some(Chosen::error(provider, error, attempts));
+                    return Ok(Chosen::error(provider, error, attempts));
                 }
                 let answer = Answer::Saved {
                     answer: *answer,
                     attempts,
                     key,
                 };
-                return Some(Chosen {
+                return Ok(Chosen {
                     answer,
                     pin: Some(Kind::Resource),
                 });
@@ -311,11 +333,18 @@ struct Rotation<'r> {
     skip: Option<usize>,
     not_owned_seen: bool,
     conversation: Option<Conversation>,
+    /// The owner's own "no such object" answer, given when no other key can be asked.
+    fallback: Option<(Box<SavedAnswer>, String)>,
 }
 
 /// Tries the keys from a fresh ticket (the conversation's key first), and when every key is
 /// cooling and one frees within WAIT_FOR_KEY_SECS, waits for it and tries again.
-fn rotate(proxy: &Proxy, provider: &Provider, request: &Request, rotation: &Rotation) -> Chosen {
+fn rotate(
+    proxy: &Proxy,
+    provider: &Provider,
+    request: &Request,
+    rotation: &mut Rotation,
+) -> Chosen {
     let pool = &provider.pool;
     let deadline = Instant::now() + proxy.limits.wait_for_key;
     let mut attempts = 0;
@@ -333,7 +362,9 @@ fn rotate(proxy: &Proxy, provider: &Provider, request: &Request, rotation: &Rota
             ids: rotation.ids,
             strict: false,
             not_owned_seen: rotation.not_owned_seen,
+            skipped: false,
         };
+        let asked_nobody = round.order.is_empty();
         let last = match try_round(
             proxy,
             provider,
@@ -368,7 +399,19 @@ fn rotate(proxy: &Proxy, provider: &Provider, request: &Request, rotation: &Rota
             LastFailure::Unreachable => ProxyError::Unreachable {
                 host: provider.host.clone(),
             },
-            LastFailure::RateLimited | LastFailure::NotOwned => {
+            // Only the owner could have had it, and it said no: its answer.
+            LastFailure::RateLimited if asked_nobody && rotation.fallback.is_some() => {
+                let (answer, key) = rotation.fallback.take().expect("checked");
+                return Chosen {
+                    answer: Answer::Saved {
+                        answer: *answer,
+                        attempts,
+                        key,
+                    },
+                    pin: None,
+                };
+            }
+            LastFailure::RateLimited | LastFailure::NotOwned(..) => {
                 let wait = pool.wait_for_any(model, Instant::now());
                 if !wait.is_zero() && Instant::now() + wait <= deadline {
                     debug!(

@@ -163,9 +163,13 @@ mod test_hooks {
 /// for a client that had a token: google-genai sends those bytes to the rewritten upload URL
 /// with no credential at all, and the upload id keyrelay handed out (Google's unguessable
 /// session id, bound to the key that started the upload) is the capability, as it is at Google.
-fn is_upload_session(provider: &Provider, rest: &str, query: &str) -> bool {
+fn is_upload_session(provider: &Provider, method: &str, rest: &str, query: &str) -> bool {
     let affinity = &provider.affinity;
-    if affinity.dialect != Dialect::Gemini || !rest.starts_with("upload/") {
+    // Exactly the upload endpoint, for sending bytes: no other path, no dot segments.
+    if affinity.dialect != Dialect::Gemini
+        || !matches!(method, "POST" | "PUT")
+        || !matches!(rest, "upload/v1beta/files" | "upload/v1/files")
+    {
         return false;
     }
     let Some(id) = query
@@ -210,7 +214,9 @@ fn decide(
         return local(ProxyError::NotFound { routes }, ErrorShape::OpenAi);
     };
     let shape = provider.shape;
-    if !proxy.access.allows(headers(), query) && !is_upload_session(provider, rest, query) {
+    if !proxy.access.allows(headers(), query)
+        && !is_upload_session(provider, incoming.method(), rest, query)
+    {
         return local(ProxyError::Unauthorized, shape);
     }
     if provider.pool.is_empty() {

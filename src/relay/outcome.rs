@@ -56,6 +56,7 @@ pub fn verdict(status: u16, body: &[u8], names_ids: bool) -> Verdict {
         402 => Verdict::QuotaExhausted,
         401 => Verdict::KeyRejected,
         400 | 403 if is_invalid_key(body) => Verdict::KeyRejected,
+        403 if message_says(body, "reported as leaked") => Verdict::KeyRejected,
         400 if has_code(body, "previous_response_not_found") => Verdict::NotOwned,
         403 if has_code(body, "unsupported_country_region_territory") => Verdict::RegionBlocked,
         403 | 404 if is_model_access(body) => Verdict::NoAccess,
@@ -75,13 +76,20 @@ const KEY_REASONS: [&str; 3] = [
     "CONSUMER_SUSPENDED",
 ];
 
-/// An answer about the key itself: one of Google's [`KEY_REASONS`], or a key reported as
-/// leaked (an ordinary 400 is the request's fault, not the key's).
+/// An answer about the key itself: one of Google's [`KEY_REASONS`] (an ordinary 400 is the
+/// request's fault, not the key's).
 fn is_invalid_key(body: &[u8]) -> bool {
     json::string_fields(body, "reason")
         .iter()
         .any(|reason| KEY_REASONS.contains(reason))
-        || contains(body, b"reported as leaked")
+}
+
+/// Whether the error's own `message` says `words`. Only the message is read: text elsewhere in
+/// an error body can echo what the client sent.
+fn message_says(body: &[u8], words: &str) -> bool {
+    json::string_fields(body, "message")
+        .iter()
+        .any(|message| message.contains(words))
 }
 
 /// An error `code` (or OpenAI `type`) equal to `code`.
@@ -95,19 +103,16 @@ fn has_code(body: &[u8], code: &str) -> bool {
 /// saying the project or key has no access to the model.
 fn is_model_access(body: &[u8]) -> bool {
     has_code(body, "model_not_found")
-        || contains(body, b"does not have access to model")
-        || contains(body, b"do not have access to model")
+        || message_says(body, "does not have access to model")
+        || message_says(body, "do not have access to model")
 }
 
 /// Gemini's answer for a file, cached content or tuned model another project owns: "You do not
 /// have permission to access the File … or it may not exist", "CachedContent not found (or
 /// permission denied)".
 fn is_object_denied(body: &[u8]) -> bool {
-    contains(body, b"or it may not exist") || contains(body, b"not found (or permission denied)")
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    message_says(body, "or it may not exist")
+        || message_says(body, "not found (or permission denied)")
 }
 
 /// OpenAI's answer to a key whose billing quota is used up: a 429 with error `code` or `type`
@@ -119,6 +124,9 @@ fn is_spent_balance(body: &[u8]) -> bool {
 /// The longest cooldown keyrelay honours from an upstream hint; a larger one is clamped so a
 /// garbled header cannot bench a key for years.
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(48 * 3600);
+
+/// The shortest cooldown a 429 gives.
+pub const MIN_COOLDOWN: Duration = Duration::from_secs(1);
 
 /// How long a 429 answer with `headers` and `body` benches its key, as of now (see
 /// [`rate_limit_cooldown`]).
@@ -148,6 +156,9 @@ pub fn rate_limit_cooldown(
         })
         .unwrap_or(default)
         .min(MAX_COOLDOWN)
+        // `Retry-After: 0` (or a date gone by) still benches the key a moment: a key that
+        // answered 429 is not asked again at once.
+        .max(MIN_COOLDOWN)
 }
 
 /// Whether a Gemini 429 is about a per-day quota (a `QuotaFailure` violation whose `quotaId`

@@ -19,7 +19,7 @@ use super::upstream::{self, CallFailure};
 use crate::config::{NO_ACCESS_BENCH, QUOTA_BENCH, REJECTED_KEY_BENCH};
 use crate::error::{ProxyError, broken_stream_event};
 use crate::json;
-use crate::keys::affinity::{AnswerWatch, Dialect, Kind, Outcome};
+use crate::keys::affinity::{AnswerWatch, Dialect, Kind, Outcome, UPLOAD_PREFIX};
 use crate::keys::{ApiKey, AttemptClass, BenchReason, HeadroomReport};
 use crate::provider::Provider;
 use crate::proxy::Proxy;
@@ -37,8 +37,9 @@ pub(crate) enum LastFailure {
     Unreachable,
     /// A failed answer, kept to relay (keys masked), with the mask of the key that got it.
     Answer(Box<SavedAnswer>, String),
-    /// In a strict round: the only key tried says its account has no such object.
-    NotOwned,
+    /// In a strict round: the only key tried says its account has no such object (its answer,
+    /// kept to relay if no other key has the object either).
+    NotOwned(Box<SavedAnswer>, String),
 }
 
 /// Which keys a round tries, and what it knows about the request.
@@ -53,6 +54,9 @@ pub(crate) struct Round<'r> {
     /// A key has already answered that its account has no such object: the key that serves
     /// the request owns the ids.
     pub(crate) not_owned_seen: bool,
+    /// A key was passed over because it was cooling, or answered 429: when the others say they
+    /// have no such object, the one that could not be asked may own it.
+    pub(crate) skipped: bool,
 }
 
 /// The answer a round ends with.
@@ -93,6 +97,7 @@ pub(crate) fn try_round(
     let mut suspects: Vec<(usize, BenchReason)> = Vec::new();
     for &index in &round.order {
         if !pool.is_ready(index, model, Instant::now()) {
+            round.skipped = true;
             continue;
         }
         *attempts += 1;
@@ -206,11 +211,11 @@ pub(crate) fn try_round(
                     "{} key={} answered {status}: its account has no such object; trying the next key",
                     provider.name, key
                 );
+                let saved = Box::new(save(provider, response, error_body));
                 if round.strict {
-                    return Err(LastFailure::NotOwned);
+                    return Err(LastFailure::NotOwned(saved, key.mask()));
                 }
-                last =
-                    LastFailure::Answer(Box::new(save(provider, response, error_body)), key.mask());
+                last = LastFailure::Answer(saved, key.mask());
             }
             found @ (Verdict::NoAccess | Verdict::Forbidden) => {
                 let (class, reason) = if found == Verdict::NoAccess {
@@ -229,6 +234,7 @@ pub(crate) fn try_round(
             }
             Verdict::RateLimited => {
                 pool.record(index, AttemptClass::RateLimited);
+                round.skipped = true;
                 if let Some(egress) = egress {
                     let entry = index % provider.egress.len();
                     egress.rate_limited(&provider.name, index, &provider.keys_behind(entry));
@@ -286,6 +292,11 @@ pub(crate) fn try_round(
             }
         }
     }
+    if round.not_owned_seen && round.skipped && !round.ids.is_empty() {
+        // "No such object" from the keys that could be asked, while another was cooling: that
+        // one may own it, so the answer is to wait, not that the object does not exist.
+        return Err(LastFailure::RateLimited);
+    }
     Err(last)
 }
 
@@ -327,11 +338,31 @@ fn learn_from(
     let affinity = &provider.affinity;
     let key = pool.key(index);
     if upstream.method == Method::DELETE {
-        affinity.forget(round.ids.iter().map(String::as_str));
+        // Only an object deleted at its own path (`/v1/files/{id}`, `/v1beta/cachedContents/
+        // {name}`) is gone; `DELETE /v1/vector_stores/{vs}/files/{id}` keeps both.
+        let rest = upstream
+            .url
+            .get(provider.base_url.len() + 1..)
+            .unwrap_or("");
+        if let Some(gone) = deleted_object(affinity.dialect, rest) {
+            affinity.forget([gone.as_str()]);
+        }
         return None;
     }
-    if round.not_owned_seen && !round.ids.is_empty() {
-        let news = affinity.learn(round.ids.iter().map(String::as_str), key.id(), now);
+    // An upload session is bound only by the answer that started it (upload_url.rs), never
+    // by trying keys: its id is a capability.
+    let found: Vec<&str> = if round.not_owned_seen {
+        round
+            .ids
+            .iter()
+            .map(String::as_str)
+            .filter(|id| !id.starts_with(UPLOAD_PREFIX))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if !found.is_empty() {
+        let news = affinity.learn(found.iter().copied(), key.id(), now);
         for _ in 0..news {
             affinity.count(Kind::Resource, Outcome::Discovered);
         }
@@ -339,13 +370,25 @@ fn learn_from(
             "{} key={} owns {}: found by trying keys",
             provider.name,
             key,
-            round.ids.join(", ")
+            found.join(", ")
         );
     }
     let stored = affinity.dialect == Dialect::OpenAi
         && upstream.url.contains("/chat/completions")
         && asks_to_store(body);
     Some(AnswerWatch::new(Arc::clone(affinity), key.id(), stored))
+}
+
+/// The object a `DELETE` of `rest` removes: the id that is the last of exactly three path
+/// segments (`v1/files/{id}`), if it is one.
+fn deleted_object(dialect: Dialect, rest: &str) -> Option<String> {
+    let path = rest.split(['?', '#']).next().unwrap_or(rest);
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if segments.len() != 3 {
+        return None;
+    }
+    let ids = dialect.request_ids(path, "", b"");
+    ids.into_iter().next_back()
 }
 
 /// Whether a chat request asks OpenAI to store its completion (`"store": true`).
@@ -435,6 +478,15 @@ fn relay_answer(
     if provider.affinity.dialect == Dialect::Gemini {
         rewrite_upload_url(provider, upstream, key, response.headers_mut());
     }
+    // Ids are looked for in JSON and event streams only, never in a file's bytes being
+    // downloaded (`/files/{id}/content`, `alt=media`).
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let watch =
+        watch.filter(|_| content_type.contains("json") || content_type.contains("event-stream"));
     let key = key.mask();
     let status = response.status().as_u16();
     let stream = response

@@ -679,3 +679,121 @@ fn a_model_one_key_cannot_use_benches_that_key_for_that_model_only() {
         );
     }
 }
+
+// ---- Regressions from the review of issue 19 ----
+
+#[test]
+fn an_owner_answering_429_with_retry_after_zero_gets_a_429_not_a_loop() {
+    let stand_in = Stateful::start();
+    let proxy = start(&stand_in);
+    let file = upload_openai_file(proxy.port);
+    let owner = stand_in.owner(&file).unwrap();
+    stand_in.limit(&owner, 0);
+    let before = stand_in.mock.count();
+    let reply = post_json(
+        proxy.port,
+        "/openai/v1/chat/completions",
+        &chat_with_file(&file, "q"),
+    );
+    assert_eq!(reply.status, 429, "{}", reply.text());
+    assert!(reply.retry_after() >= 1);
+    assert_eq!(
+        stand_in.mock.count() - before,
+        1,
+        "the owner was asked once"
+    );
+}
+
+#[test]
+fn tool_and_schema_names_that_look_like_ids_pin_nothing() {
+    let stand_in = Stateful::start();
+    let proxy = proxy_to(&stand_in.url(), &KEYS, &[])
+        .env("PROVIDERS", "anthropic")
+        .env("ANTHROPIC_BASE_URL", &stand_in.url())
+        .env("ANTHROPIC_API_KEYS", &KEYS.join(","))
+        .start();
+    let body = json!({"model": "claude-x", "max_tokens": 16,
+        "tools": [{"name": "file_read", "input_schema": {"type": "object"}}, {"name": "msgbatch_status", "input_schema": {"type": "object"}}],
+        "messages": [{"role": "user", "content": "read it"}]});
+    let mut served = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let reply = post_json(proxy.port, "/anthropic/v1/messages", &body);
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        served.insert(served_by(&reply, &KEYS));
+    }
+    assert_eq!(served.len(), 3, "tool names pinned requests to {served:?}");
+    let lines = proxy.request_lines(6);
+    assert!(
+        !lines.iter().any(|l| l.contains("pin=resource")),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn looking_for_an_object_while_its_owner_cools_answers_429_not_no_such_object() {
+    let stand_in = Stateful::start();
+    let file = "file-MadeElsewhere0042";
+    stand_in.give(C, file);
+    stand_in.limit(C, 30);
+    let proxy = start(&stand_in);
+    for _ in 0..2 {
+        let reply = post_json(
+            proxy.port,
+            "/openai/v1/chat/completions",
+            &chat_with_file(file, "q"),
+        );
+        assert_eq!(reply.status, 429, "{}", reply.text());
+    }
+}
+
+#[test]
+fn a_deleted_object_gets_its_owners_not_found_even_with_one_key() {
+    let stand_in = Stateful::start();
+    let proxy = proxy_to(&stand_in.url(), &[A], &[]).start();
+    let file = upload_openai_file(proxy.port);
+    stand_in.world.lock().unwrap().owners.remove(&file);
+    let reply = get(proxy.port, &format!("/openai/v1/files/{file}"));
+    assert_eq!(reply.status, 404, "{}", reply.text());
+    assert!(
+        reply.text().contains("No such File object"),
+        "{}",
+        reply.text()
+    );
+}
+
+#[test]
+fn an_upload_session_opens_the_upload_endpoint_only() {
+    let stand_in = Stateful::start();
+    let proxy = proxy_to(&stand_in.url(), &[], &GEMINI_KEYS)
+        .env("PROXY_API_KEYS", "tok-upload-client-01")
+        .start();
+    let started = send(
+        proxy.port,
+        &Req::post("/gemini/upload/v1beta/files", br#"{"file":{}}"#)
+            .header("x-goog-api-key", "tok-upload-client-01")
+            .header("x-goog-upload-protocol", "resumable")
+            .header("x-goog-upload-command", "start"),
+    );
+    assert_eq!(started.status, 200, "{}", started.text());
+    let url = started.header("x-goog-upload-url").unwrap().to_string();
+    let query = url.split_once('?').unwrap().1.to_string();
+    for path in [
+        format!("/gemini/upload/../v1beta/models/m:generateContent?{query}"),
+        format!("/gemini/upload/%2e%2e/v1beta/models/m:generateContent?{query}"),
+        format!("/gemini/v1beta/models/m:generateContent?{query}"),
+    ] {
+        let reply = send(proxy.port, &Req::post(&path, b"{}"));
+        assert_eq!(reply.status, 401, "{path}: {}", reply.text());
+    }
+    let get_it = send(
+        proxy.port,
+        &Req::get(&format!("/gemini/upload/v1beta/files?{query}")),
+    );
+    assert_eq!(get_it.status, 401, "only POST and PUT send bytes");
+    let bytes = send(
+        proxy.port,
+        &Req::post(&format!("/gemini/upload/v1beta/files?{query}"), b"data")
+            .header("x-goog-upload-command", "upload, finalize"),
+    );
+    assert_eq!(bytes.status, 200, "{}", bytes.text());
+}

@@ -341,3 +341,36 @@ fn behind_nginx_the_file_flow_works_whichever_instance_each_request_lands_on() {
     }
     assert_eq!(parsed(&get(nginx.port, "/health"))["status"], "ok");
 }
+
+#[test]
+#[ignore = "needs redis-server: `bash .ci/run` installs it and runs the ignored tests too"]
+fn an_instance_that_restarts_with_an_old_state_file_does_not_undo_the_others() {
+    let redis = Redis::start();
+    let mock = Mock::ok();
+    let dir = crate::support::proxy::TempDir::new();
+    let state = dir.0.join("state");
+    let with_file = proxy_to(&mock.url(), &KEYS, &[])
+        .env("SHARED_STATE_URL", &redis.url())
+        .env("STATE_FILE", state.to_str().unwrap());
+    let mut a = with_file.start();
+    assert!(wait_until(Duration::from_secs(10), || shared_up(a.port)));
+    let b = instance(&redis, &mock.url());
+    assert_eq!(
+        send(a.port, &Req::post("/status/keys/openai/1/disable", b"")).status,
+        200
+    );
+    assert!(wait_until(Duration::from_secs(5), || key_state(b.port, 1)
+        == "disabled"));
+    a.signal("TERM");
+    assert!(a.wait_exit(Duration::from_secs(10)).is_some());
+    assert_eq!(
+        send(b.port, &Req::post("/status/keys/openai/1/enable", b"")).status,
+        200
+    );
+    let a = with_file.start();
+    assert!(wait_until(Duration::from_secs(10), || shared_up(a.port)));
+    // A read the store (the word) instead of pushing its file's "disabled" over it.
+    assert!(wait_until(Duration::from_secs(5), || key_state(a.port, 1) == "ready"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(key_state(b.port, 1), "ready");
+}

@@ -73,10 +73,13 @@ impl Dialect {
             return self.id_in(name);
         }
         let prefix = self.prefixes().iter().find(|p| value.starts_with(**p))?;
-        (ID_LEN.contains(&value.len())
-            && value.len() > prefix.len() + 2
-            && value.bytes().all(id_byte))
-        .then_some(value)
+        let tail = &value[prefix.len()..];
+        let shaped = if prefix.ends_with(['-', '_']) {
+            generated(tail)
+        } else {
+            tail.len() > 2
+        };
+        (ID_LEN.contains(&value.len()) && shaped && value.bytes().all(id_byte)).then_some(value)
     }
 
     /// The ids a request names, in its path below the route, its query and its JSON body.
@@ -121,7 +124,7 @@ impl Dialect {
         }
         // Only a JSON body names ids: an upload's bytes are not looked through.
         if json::looks_like_json(body) {
-            for raw in json::plain_strings(body) {
+            for raw in json::plain_values(body) {
                 if let Some(id) = self.id_of_raw(raw) {
                     push(id);
                 }
@@ -133,7 +136,7 @@ impl Dialect {
     /// The ids an answer's bytes name (ids of stored chat completions only if `stored`).
     #[cfg(test)]
     fn answer_ids(self, bytes: &[u8], stored: bool) -> impl Iterator<Item = &str> {
-        json::plain_strings(bytes).filter_map(move |raw| self.answer_ids_raw(raw, stored))
+        json::plain_values(bytes).filter_map(move |raw| self.answer_ids_raw(raw, stored))
     }
 
     /// The id one string of an answer (raw bytes between its quotes) names, if it is one to
@@ -155,6 +158,16 @@ impl Dialect {
         }
         self.id_in(std::str::from_utf8(raw).ok()?)
     }
+}
+
+/// Whether the part of an id after its prefix looks generated, as every OpenAI and Anthropic
+/// id is (`file-AbC4…`, `resp_0f09…`, `file_011CN…`): eight or more letters and digits, not a
+/// plain lowercase word. A tool named `file_read` or `upload_file`, a schema named
+/// `thread_summary`, is no object id.
+fn generated(tail: &str) -> bool {
+    tail.len() >= 8
+        && tail.bytes().all(|b| b.is_ascii_alphanumeric())
+        && !tail.bytes().all(|b| b.is_ascii_lowercase())
 }
 
 fn id_byte(b: u8) -> bool {
@@ -188,8 +201,8 @@ mod tests {
                 Dialect::OpenAi,
                 "v1/responses",
                 "",
-                br#"{"model":"gpt-4o","previous_response_id":"resp_0123abcd","input":"file-based storage?"}"#,
-                &["resp_0123abcd"],
+                br#"{"model":"gpt-4o","previous_response_id":"resp_0123abcd4567","input":"file-based storage?"}"#,
+                &["resp_0123abcd4567"],
             ),
             (
                 Dialect::OpenAi,
@@ -209,7 +222,7 @@ mod tests {
                 Dialect::OpenAi,
                 "v1/chat/completions",
                 "",
-                br#"{"model":"gpt-4o","messages":[{"role":"user","content":"resp_ is a prefix; file- too"}]}"#,
+                br#"{"model":"gpt-4o","messages":[{"role":"user","content":"resp_ is a prefix; file- too"}],"tools":[{"type":"function","function":{"name":"upload_file"}},{"type":"function","function":{"name":"thread_summaries"}}],"response_format":{"type":"json_schema","json_schema":{"name":"batch_result"}},"file-Q1w2e3r4t5":"a member name"}"#,
                 &[],
             ),
             (
@@ -235,10 +248,10 @@ mod tests {
             ),
             (
                 Dialect::Anthropic,
-                "v1/messages/batches/msgbatch_01AbCd/results",
+                "v1/messages/batches/msgbatch_01AbCdEf/results",
                 "",
                 br#"{"messages":[{"role":"user","content":[{"type":"document","source":{"type":"file","file_id":"file_011CNha8"}}]}]}"#,
-                &["msgbatch_01AbCd", "file_011CNha8"],
+                &["msgbatch_01AbCdEf", "file_011CNha8"],
             ),
         ];
         for (dialect, rest, query, body, expected) in cases {
@@ -249,10 +262,13 @@ mod tests {
 
     #[test]
     fn ids_in_answers() {
-        let batch = br#"{"id":"batch_abc123","object":"batch","input_file_id":"file-in123456","output_file_id":"file-out12345","error_file_id":null}"#;
+        let batch = br#"{"id":"batch_abc123def456","object":"batch","input_file_id":"file-in123456","output_file_id":"file-out12345","error_file_id":null}"#;
         let ids: Vec<&str> = Dialect::OpenAi.answer_ids(batch, false).collect();
-        assert_eq!(ids, ["batch_abc123", "file-in123456", "file-out12345"]);
-        let chat = br#"{"id":"chatcmpl-abc123","object":"chat.completion"}"#;
+        assert_eq!(
+            ids,
+            ["batch_abc123def456", "file-in123456", "file-out12345"]
+        );
+        let chat = br#"{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion"}"#;
         assert_eq!(Dialect::OpenAi.answer_ids(chat, false).count(), 0);
         assert_eq!(Dialect::OpenAi.answer_ids(chat, true).count(), 1);
         let file = br#"{"file":{"name":"files/xyz789","uri":"https://g/v1beta/files/xyz789","state":"ACTIVE"}}"#;

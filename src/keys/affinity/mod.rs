@@ -17,7 +17,7 @@ mod table;
 mod watch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use ids::{Dialect, UPLOAD_PREFIX};
@@ -128,16 +128,18 @@ pub enum ResourcePin {
 pub struct Affinity {
     /// How this provider's ids look.
     pub dialect: Dialect,
-    resources: Mutex<Table<String>>,
+    /// Ids as shared strings: a copy of the table (STATE_FILE, the shared store) clones no text.
+    resources: Mutex<Table<Arc<str>>>,
     sessions: Mutex<Table<u64>>,
     /// Indexed by kind then outcome.
     counters: [[AtomicU64; Outcome::ALL.len()]; Kind::ALL.len()],
-    /// Bumped whenever an owner is learned, changed or forgotten (for STATE_FILE).
+    /// Bumped whenever an id's owner is learned, changed or forgotten (STATE_FILE writes ids
+    /// within a second; conversations, which change with every first turn, once a minute).
     generation: AtomicU64,
     /// Where learned ids, forgotten ids and conversations are reported (SHARED_STATE_URL).
     journal: JournalSlot,
     /// Ids the shared store was asked about and did not know.
-    unknown: Mutex<Table<String>>,
+    unknown: Mutex<Table<Arc<str>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -190,12 +192,10 @@ impl Affinity {
             .collect()
     }
 
-    /// Learned ids and live conversations.
-    pub fn sizes(&self, now: Instant) -> (usize, usize) {
-        (
-            lock(&self.resources).len(now),
-            lock(&self.sessions).len(now),
-        )
+    /// Learned ids and conversations held (entries past their age included until the next
+    /// sweep: counting is O(1), for status pages).
+    pub fn sizes(&self) -> (usize, usize) {
+        (lock(&self.resources).count(), lock(&self.sessions).count())
     }
 
     /// Changes whenever an owner is learned, changed or forgotten.
@@ -233,7 +233,7 @@ impl Affinity {
                 .iter()
                 .filter(|id| !found.iter().any(|(f, _)| f == *id))
             {
-                unknown.insert(id.clone(), 0, now);
+                unknown.insert(Arc::from(id.as_str()), 0, now);
             }
         }
         if found.is_empty() {
@@ -241,7 +241,7 @@ impl Affinity {
         }
         let mut table = lock(&self.resources);
         for (id, key) in found {
-            table.insert(id, key, now);
+            table.insert(Arc::from(id), key, now);
         }
         drop(table);
         self.known_pin(ids, keys, now)
@@ -301,7 +301,7 @@ impl Affinity {
         let mut table = lock(&self.resources);
         let mut news = Vec::new();
         for id in ids {
-            if table.insert(id.to_string(), key, now) {
+            if table.insert(Arc::from(id), key, now) {
                 news.push(id.to_string());
             }
         }
@@ -353,15 +353,11 @@ impl Affinity {
 
     /// Records a turn another instance served (not reported again); true when that is news.
     pub fn session_from_peer(&self, conversation: u64, key: u64, now: Instant) -> bool {
-        let news = lock(&self.sessions).insert(conversation, key, now);
-        if news {
-            self.generation.fetch_add(1, Ordering::Relaxed);
-        }
-        news
+        lock(&self.sessions).insert(conversation, key, now)
     }
 
     /// Every learned id with its owner, for STATE_FILE.
-    pub fn ids(&self, now: Instant) -> Vec<(String, Owner)> {
+    pub fn ids(&self, now: Instant) -> Vec<(Arc<str>, Owner)> {
         lock(&self.resources).entries(now)
     }
 
@@ -372,7 +368,7 @@ impl Affinity {
 
     /// Restores a learned id as of `touched` (STATE_FILE).
     pub fn restore_id(&self, id: &str, key: u64, touched: Instant) {
-        lock(&self.resources).insert(id.to_string(), key, touched);
+        lock(&self.resources).insert(Arc::from(id), key, touched);
     }
 
     /// Restores a conversation as of `touched` (STATE_FILE).

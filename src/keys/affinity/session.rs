@@ -98,9 +98,12 @@ pub fn conversation<'a>(
     for part in &system {
         field(part);
     }
-    let (first, continuing) = holds_an_answer(turns);
-    // A Responses `input` given as one string is a first turn of its own.
-    field(first.unwrap_or(turns));
+    // Only a list of messages is a conversation: a Responses `input` given as one string, or
+    // an embeddings `input` (strings), records nothing (it would only crowd the table).
+    let (Some(first), continuing) = holds_an_answer(turns) else {
+        return None;
+    };
+    field(first);
     Some(Conversation {
         key: first_u64(hash.finish()),
         explicit: false,
@@ -116,6 +119,7 @@ fn holds_an_answer(turns: &[u8]) -> (Option<&[u8]>, bool) {
         let role = json::top_level_string(element, "role");
         !role.is_some_and(|r| SYSTEM_ROLES.contains(&r))
     });
+    let first = first.filter(|element| element.starts_with(b"{"));
     let Some(first) = first else {
         return (None, false);
     };
@@ -180,7 +184,11 @@ mod tests {
                 r#"{"input":[{"role":"user","content":"a"},{"type":"function_call","call_id":"c","name":"f","arguments":"{}"},{"type":"function_call_output","call_id":"c","output":"1"}]}"#,
                 true,
             ),
-            (Dialect::OpenAi, r#"{"input":"just one question"}"#, false),
+            (
+                Dialect::OpenAi,
+                r#"{"input":[{"role":"user","content":"one question"}]}"#,
+                false,
+            ),
             (
                 Dialect::OpenAi,
                 r#"{"messages":[{"role":"user","content":"a"},{"role":"user","content":"b"}]}"#,
@@ -193,6 +201,14 @@ mod tests {
             assert!(!found.explicit);
         }
         assert_eq!(of(Dialect::OpenAi, "m", r#"{"prompt":"x"}"#), None);
+        assert_eq!(
+            of(Dialect::OpenAi, "m", r#"{"input":"just one question"}"#),
+            None
+        );
+        assert_eq!(
+            of(Dialect::OpenAi, "m", r#"{"input":["embed me","and me"]}"#),
+            None
+        );
     }
 
     #[test]

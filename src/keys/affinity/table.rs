@@ -78,6 +78,11 @@ impl<K: Hash + Eq + Clone> Table<K> {
         self.map.remove(name).is_some()
     }
 
+    /// Entries held, ended ones included until the next sweep.
+    pub fn count(&self) -> usize {
+        self.map.len()
+    }
+
     /// Live entries (ended ones are dropped first).
     pub fn len(&mut self, now: Instant) -> usize {
         let max_age = self.max_age;
@@ -92,23 +97,27 @@ impl<K: Hash + Eq + Clone> Table<K> {
         self.map.iter().map(|(k, o)| (k.clone(), *o)).collect()
     }
 
+    /// Drops ended entries, then, if still full, the oldest eighth: one pass that also drops
+    /// entries tied with the cut until enough are gone, so ties (many ids learned in the same
+    /// instant) cannot make every later insert pay for a sweep.
     fn evict(&mut self, now: Instant) {
         self.len(now);
         if self.map.len() < self.max {
             return;
         }
         let mut ages: Vec<Instant> = self.map.values().map(|e| e.touched).collect();
-        let cut = ages.len() / 8;
-        let (_, oldest_kept, _) = ages.select_nth_unstable(cut);
-        let oldest_kept = *oldest_kept;
-        self.map.retain(|_, e| e.touched >= oldest_kept);
-        // Equal timestamps can keep more than intended; never grow past the bound.
-        while self.map.len() >= self.max {
-            let Some(name) = self.map.keys().next().cloned() else {
-                break;
-            };
-            self.map.remove(&name);
-        }
+        let goal = ages.len() / 8 + 1;
+        let (_, cut, _) = ages.select_nth_unstable(goal - 1);
+        let cut = *cut;
+        let mut dropped = 0;
+        self.map.retain(|_, e| {
+            let older = e.touched < cut;
+            let tied = e.touched == cut && dropped < goal;
+            if older || tied {
+                dropped += 1;
+            }
+            !(older || tied)
+        });
     }
 }
 
@@ -134,5 +143,17 @@ mod tests {
         assert_eq!(table.get("n99", start), Some(99), "the newest stays");
         assert_eq!(table.get("n0", start), None, "the oldest went");
         assert!(table.remove("n99") && !table.remove("n99"));
+    }
+
+    #[test]
+    fn entries_learned_in_the_same_instant_are_evicted_in_bulk() {
+        let now = Instant::now();
+        let mut table: Table<u64> = Table::new(1000, Duration::from_secs(60));
+        for i in 0..5000u64 {
+            table.insert(i, 1, now);
+            assert!(table.count() <= 1000);
+        }
+        // Each eviction dropped an eighth at once, not one entry per insert.
+        assert!(table.count() >= 800, "{}", table.count());
     }
 }

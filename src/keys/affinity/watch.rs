@@ -35,6 +35,11 @@ pub struct AnswerWatch {
     spoiled: bool,
     /// The string so far.
     current: Vec<u8>,
+    /// A string that has ended, waiting for the next byte that is not white space: a colon
+    /// makes it a member's name (no id), anything else a value to look at. (Its buffer and
+    /// `current` swap, so strings cost no allocation each.)
+    pending: Vec<u8>,
+    has_pending: bool,
 }
 
 impl AnswerWatch {
@@ -49,6 +54,8 @@ impl AnswerWatch {
             escape_next: false,
             spoiled: false,
             current: Vec::new(),
+            pending: Vec::new(),
+            has_pending: false,
         }
     }
 
@@ -65,6 +72,21 @@ impl AnswerWatch {
         let mut at = 0;
         while at < bytes.len() {
             if !self.in_string {
+                if self.has_pending {
+                    let Some(next) = bytes[at..].iter().position(|b| !b.is_ascii_whitespace())
+                    else {
+                        break;
+                    };
+                    self.has_pending = false;
+                    if bytes[at + next] != b':'
+                        && let Some(id) = self
+                            .affinity
+                            .dialect
+                            .answer_ids_raw(&self.pending, self.stored)
+                    {
+                        found.push(id.to_string());
+                    }
+                }
                 let Some(open) = bytes[at..].iter().position(|&b| b == b'"') else {
                     break;
                 };
@@ -95,13 +117,10 @@ impl AnswerWatch {
                 continue;
             }
             self.in_string = false;
-            if !self.spoiled
-                && let Some(id) = self
-                    .affinity
-                    .dialect
-                    .answer_ids_raw(&self.current, self.stored)
-            {
-                found.push(id.to_string());
+            if !self.spoiled {
+                // Looked at once the next byte shows whether it is a value.
+                std::mem::swap(&mut self.pending, &mut self.current);
+                self.has_pending = true;
             }
         }
         if found.is_empty() {
@@ -152,14 +171,14 @@ mod tests {
     fn ids_split_across_reads_are_learned_once_complete() {
         let affinity = Arc::new(Affinity::new(Dialect::OpenAi, Duration::from_secs(60)));
         let mut watch = AnswerWatch::new(Arc::clone(&affinity), 7, false);
-        let event = b"data: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_abc123\",\"status\":\"in_progress\"}}\n\n";
+        let event = b"data: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_abc123def456\",\"status\":\"in_progress\"}}\n\n";
         let (a, b) = event.split_at(52); // inside the id
         watch.see(a);
-        assert_eq!(affinity.sizes(Instant::now()).0, 0);
+        assert_eq!(affinity.sizes().0, 0);
         watch.see(b);
         let ids = affinity.ids(Instant::now());
         assert_eq!(ids.len(), 1);
-        assert_eq!((ids[0].0.as_str(), ids[0].1.key), ("resp_abc123", 7));
+        assert_eq!((&*ids[0].0, ids[0].1.key), ("resp_abc123def456", 7));
     }
 
     #[test]
@@ -174,13 +193,13 @@ mod tests {
         let ids: Vec<String> = affinity
             .ids(Instant::now())
             .into_iter()
-            .map(|e| e.0)
+            .map(|e| e.0.to_string())
             .collect();
         assert_eq!(ids, ["file-plain001"]);
         let mut late = AnswerWatch::new(Arc::clone(&affinity), 1, false);
         late.see(&vec![b' '; WINDOW]);
         assert!(late.done());
         late.see(br#"{"id":"file-toolate01"}"#);
-        assert_eq!(affinity.sizes(Instant::now()).0, 1);
+        assert_eq!(affinity.sizes().0, 1);
     }
 }

@@ -24,22 +24,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use log::warn;
 
 use crate::config::SharedSettings;
-use crate::keys::affinity::ID_MAX_AGE;
 use crate::keys::journal::{Change, Journal};
-use crate::proxy::Proxy;
+use crate::proxy::{Health, Proxy, SharedStatus};
 use link::{REQUEST_TIMEOUT, RequestLinks};
 use wire::{Names, Write};
 
 /// Most changes waiting to be written; past it the store is filled again from memory on the
 /// next connect.
 const MAX_QUEUED: usize = 100_000;
-
-/// Whether the store is reachable, and since when.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Health {
-    pub up: bool,
-    pub since: SystemTime,
-}
 
 /// The shared store of one process.
 pub struct SharedState {
@@ -84,26 +76,15 @@ impl SharedState {
             warned: AtomicU64::new(0),
         });
         proxy.attach_journal(Arc::clone(&shared) as Arc<dyn Journal>);
-        let _ = proxy.shared.set(Arc::clone(&shared));
+        let _ = proxy
+            .shared
+            .set(Arc::clone(&shared) as Arc<dyn SharedStatus>);
         let (running, watched) = (Arc::clone(&shared), Arc::clone(&proxy));
         std::thread::Builder::new()
             .name("shared-state".into())
             .spawn(move || supervisor::run(&running, &watched))
             .map_err(|e| format!("cannot start the shared-state thread: {e}"))?;
         Ok(shared)
-    }
-
-    /// The store's URL with its password masked.
-    pub fn shown_url(&self) -> &str {
-        &self.shown
-    }
-
-    /// Whether the store is reachable, and since when.
-    pub fn health(&self) -> Health {
-        Health {
-            up: self.up.load(Ordering::Relaxed),
-            since: *self.since.lock().unwrap_or_else(|p| p.into_inner()),
-        }
     }
 
     fn mark_up(&self) {
@@ -153,13 +134,23 @@ impl SharedState {
         let mut writes = Vec::new();
         let mut lines = Vec::new();
         for (provider, change) in changes {
-            writes.extend(
-                self.names
-                    .writes(provider, change, now, self.session_ttl, ID_MAX_AGE),
-            );
+            writes.extend(self.names.writes(provider, change, now, self.session_ttl));
             lines.extend(wire::event_line(&self.instance, provider, change));
         }
         (writes, lines)
+    }
+}
+
+impl SharedStatus for SharedState {
+    fn shown_url(&self) -> &str {
+        &self.shown
+    }
+
+    fn health(&self) -> Health {
+        Health {
+            up: self.up.load(Ordering::Relaxed),
+            since: *self.since.lock().unwrap_or_else(|p| p.into_inner()),
+        }
     }
 }
 
@@ -177,18 +168,11 @@ impl Journal for SharedState {
         let done = self.links.with(&self.client, |connection| {
             sync::send(connection, &self.names, &writes, &lines)
         });
-        match done {
-            Some(Ok(())) => {}
-            Some(Err(err)) => {
-                self.mark_down(&describe(&err));
-                let [(provider, change)] = batch;
-                self.enqueue(&provider, change);
-            }
-            // Every request connection is busy: the background writer takes it.
-            None => {
-                let [(provider, change)] = batch;
-                self.enqueue(&provider, change);
-            }
+        if !matches!(done, Some(Ok(()))) {
+            // Slow, away, or every request connection busy: the background writer takes it
+            // (whether the store is away is the writer's PING to say, not one slow answer).
+            let [(provider, change)] = batch;
+            self.enqueue(&provider, change);
         }
     }
 
@@ -214,11 +198,8 @@ impl Journal for SharedState {
                     Some((id.clone(), key))
                 })
                 .collect(),
-            Some(Err(err)) => {
-                self.mark_down(&describe(&err));
-                Vec::new()
-            }
-            None => Vec::new(),
+            // No answer in time: the request goes on as if the store knew nothing.
+            Some(Err(_)) | None => Vec::new(),
         }
     }
 }

@@ -93,9 +93,6 @@ fn serve(
         if over.load(Ordering::Relaxed) {
             return "the event subscription was lost".to_string();
         }
-        if !shared.up.load(Ordering::Relaxed) {
-            return end("a request found it away".to_string());
-        }
         let batch = coalesce(shared.take_queue());
         if !batch.is_empty() {
             let (writes, lines) = shared.writes_for(&batch);
@@ -129,14 +126,21 @@ fn bring_in_step(
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis())
     );
-    redis::cmd("SET")
+    let created: Option<String> = redis::cmd("SET")
         .arg(shared.names.epoch())
         .arg(&token)
         .arg("NX")
-        .exec(writer)?;
+        .query(writer)?;
     let epoch: Option<String> = redis::cmd("GET").arg(shared.names.epoch()).query(writer)?;
     let mut seen = last_epoch.lock().unwrap_or_else(|p| p.into_inner());
-    let fresh = *seen != epoch || shared.overflowed.swap(false, Ordering::Relaxed);
+    // Memory fills the store only when the store is new (this instance made its epoch), was
+    // emptied since this instance last saw it, or missed changes (the queue overflowed).
+    // Otherwise the store is the word: an instance that restarts with an old STATE_FILE
+    // does not undo what the others did meanwhile.
+    let emptied = seen
+        .as_ref()
+        .is_some_and(|before| Some(before) != epoch.as_ref());
+    let fresh = created.is_some() || emptied || shared.overflowed.swap(false, Ordering::Relaxed);
     let queued = shared.take_queue();
     let batch = if fresh {
         sync::everything(proxy)
@@ -163,7 +167,7 @@ fn bring_in_step(
             _ => None,
         })
         .collect();
-    sync::read_all(writer, &shared.names, proxy, &pending)
+    sync::read_all(writer, &shared.names, proxy, &pending, !fresh)
 }
 
 fn is_deletion(change: &Change) -> bool {
@@ -259,7 +263,13 @@ mod tests {
             |key, conversation| (Arc::clone(&openai), Change::Session { key, conversation });
         let batch = vec![
             session(1, 7),
-            (Arc::clone(&openai), Change::Reset { key: 3 }),
+            (
+                Arc::clone(&openai),
+                Change::Reset {
+                    key: 3,
+                    models: Vec::new(),
+                },
+            ),
             session(2, 7),
             session(1, 8),
             session(3, 7),
@@ -268,7 +278,13 @@ mod tests {
         assert_eq!(
             kept,
             vec![
-                (Arc::clone(&openai), Change::Reset { key: 3 }),
+                (
+                    Arc::clone(&openai),
+                    Change::Reset {
+                        key: 3,
+                        models: Vec::new(),
+                    }
+                ),
                 session(1, 8),
                 session(3, 7),
             ]

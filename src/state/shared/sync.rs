@@ -36,11 +36,6 @@ pub fn send(
                 Write::Delete(key) => {
                     pipe.cmd("DEL").arg(key).ignore();
                 }
-                Write::DeleteMatching(pattern) => {
-                    for key in scan(connection, pattern)? {
-                        pipe.cmd("DEL").arg(key).ignore();
-                    }
-                }
             }
         }
         pipe.exec(connection)?;
@@ -107,7 +102,7 @@ pub fn everything(proxy: &Proxy) -> Vec<(Arc<str>, Change)> {
             }
         }
         for (id, owner) in provider.affinity.ids(now) {
-            let ids = vec![id];
+            let ids = vec![id.to_string()];
             changes.push((
                 name.clone(),
                 Change::Learned {
@@ -124,17 +119,28 @@ pub fn everything(proxy: &Proxy) -> Vec<(Arc<str>, Change)> {
     changes
 }
 
-/// Reads every fact in the store into memory; returns how many were applied. Keys named in
-/// `pending` (changes of this instance not yet written) keep their disabled flag.
+/// Reads the benches, disabled keys and conversations in the store into memory; returns how
+/// many facts were applied. Keys named in `pending` (changes of this instance not yet written)
+/// keep their disabled flag. With `authoritative`, benches in memory that the store no longer
+/// holds (reset or ended elsewhere) go first. Ids are not read in bulk: an id nobody here has
+/// seen is asked of the store when a request names it.
 pub fn read_all(
     connection: &mut Connection,
     names: &Names,
     proxy: &Proxy,
     pending: &HashSet<(String, u64)>,
+    authoritative: bool,
 ) -> RedisResult<usize> {
     let mut applied = 0;
     let mut disabled: HashSet<(String, u64)> = HashSet::new();
-    for kind in ['b', 'd', 'i', 's'] {
+    if authoritative {
+        for provider in proxy.providers().iter() {
+            for index in 0..provider.pool.len() {
+                provider.pool.reset_from_peer(index);
+            }
+        }
+    }
+    for kind in ['b', 'd', 's'] {
         let keys = scan(connection, &names.all(kind))?;
         for chunk in keys.chunks(CHUNK) {
             let values: Vec<Option<String>> = redis::cmd("MGET").arg(chunk).query(connection)?;
@@ -194,7 +200,7 @@ pub fn apply(proxy: &Proxy, provider: &str, change: Change) -> bool {
             };
             pool.set_disabled_from_peer(index, disabled);
         }
-        Change::Reset { key } => {
+        Change::Reset { key, .. } => {
             let Some(index) = index(key) else {
                 return false;
             };

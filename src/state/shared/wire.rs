@@ -33,8 +33,6 @@ pub enum Write {
     Set(Fact),
     /// Delete a key.
     Delete(String),
-    /// Delete every key matching a pattern (a reset clears a key's benches).
-    DeleteMatching(String),
 }
 
 /// The names under one prefix.
@@ -90,7 +88,6 @@ impl Names {
         change: &Change,
         now: SystemTime,
         session_ttl: Duration,
-        id_ttl: Duration,
     ) -> Vec<Write> {
         let p = &self.prefix;
         match change {
@@ -125,10 +122,15 @@ impl Names {
                     vec![Write::Delete(name)]
                 }
             }
-            Change::Reset { key } => vec![Write::DeleteMatching(format!(
-                "{p}:b:{provider}:{}:*",
-                hex(*key)
-            ))],
+            // The benches this instance knows of (every instance mirrors them): deleted by
+            // name, so a reset never scans the store.
+            Change::Reset { key, models } => models
+                .iter()
+                .map(|model| {
+                    let model = model.as_deref().unwrap_or("-");
+                    Write::Delete(format!("{p}:b:{provider}:{}:{model}", hex(*key)))
+                })
+                .collect(),
             Change::Learned { key, ids } => ids
                 .iter()
                 .filter(|id| plain(id))
@@ -136,7 +138,7 @@ impl Names {
                     Write::Set(Fact {
                         key: format!("{p}:i:{provider}:{id}"),
                         value: hex(*key),
-                        ttl: Some(id_ttl),
+                        ttl: Some(id_ttl(id)),
                     })
                 })
                 .collect(),
@@ -192,6 +194,18 @@ impl Names {
     }
 }
 
+/// How long the store keeps a learned id (each instance keeps its own for 30 days, bounded in
+/// number): a week; a day for the kinds made by the thousand (a stored response per Responses
+/// turn, a stored chat completion), which would otherwise grow the store without bound. An id
+/// the store has forgotten is found again by trying keys.
+pub fn id_ttl(id: &str) -> Duration {
+    if id.starts_with("resp_") || id.starts_with("chatcmpl-") {
+        Duration::from_secs(24 * 3600)
+    } else {
+        Duration::from_secs(7 * 24 * 3600)
+    }
+}
+
 fn parse_hex(text: &str) -> Option<u64> {
     (text.len() == 16)
         .then(|| u64::from_str_radix(text, 16).ok())
@@ -221,7 +235,7 @@ pub fn event_line(instance: &str, provider: &str, change: &Change) -> Option<Str
         Change::Disabled { key, disabled } => {
             format!("disabled {} {}", hex(*key), u8::from(*disabled))
         }
-        Change::Reset { key } => format!("reset {}", hex(*key)),
+        Change::Reset { key, .. } => format!("reset {}", hex(*key)),
         Change::Learned { key, ids } => {
             let ids: Vec<&str> = ids
                 .iter()
@@ -271,6 +285,7 @@ pub fn parse_event(line: &str) -> Option<(&str, &str, Change)> {
         },
         "reset" => Change::Reset {
             key: parse_hex(next()?)?,
+            models: Vec::new(),
         },
         "learned" => {
             let key = parse_hex(next()?)?;
@@ -315,7 +330,10 @@ mod tests {
                 key: 2,
                 disabled: false,
             },
-            Change::Reset { key: 3 },
+            Change::Reset {
+                key: 3,
+                models: Vec::new(),
+            },
             Change::Learned {
                 key: 4,
                 ids: vec!["file-abc".into(), "files/xyz".into()],
@@ -358,7 +376,7 @@ mod tests {
         let names = Names::new("kr");
         let ttl = Duration::from_secs(3600);
         for change in changes(now) {
-            for write in names.writes("gemini", &change, now, ttl, ttl) {
+            for write in names.writes("gemini", &change, now, ttl) {
                 let Write::Set(fact) = write else { continue };
                 assert!(fact.key.starts_with("kr:"), "{fact:?}");
                 let (provider, back) = names.fact_change(&fact.key, &fact.value).unwrap();
@@ -378,7 +396,7 @@ mod tests {
             until: now - Duration::from_secs(1),
             reason: BenchReason::RateLimited,
         };
-        assert!(names.writes("openai", &ended, now, ttl, ttl).is_empty());
+        assert!(names.writes("openai", &ended, now, ttl).is_empty());
         assert_eq!(names.fact_change("other:b:x:y:z", "1 rate_limited"), None);
     }
 }

@@ -157,6 +157,24 @@ fn strings(value: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// The string values of every member named one of `names`, at any depth (arrays of strings
+/// included): where the APIs read object ids from.
+fn named(body: &Value, names: &[&str], out: &mut Vec<String>) {
+    match body {
+        Value::Array(items) => items.iter().for_each(|v| named(v, names, out)),
+        Value::Object(members) => {
+            for (name, value) in members {
+                if names.contains(&name.as_str()) {
+                    strings(value, out);
+                } else {
+                    named(value, names, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// The text of a prompt as tokens (words), in order: every string under `messages`, `input`,
 /// `contents`, `system`, `instructions`, `systemInstruction`.
 fn prompt_tokens(body: &Value) -> Vec<String> {
@@ -385,11 +403,9 @@ fn openai_chat(world: &mut World, key: &str, body: &Value) -> Reply {
             json!("model_not_found"),
         );
     }
-    let mut named = Vec::new();
-    strings(body, &mut named);
-    if let Some(missing) = named.iter().find(|s| {
-        (s.starts_with("file-") || s.starts_with("vs_")) && s.len() > 8 && !world.owns(key, s)
-    }) {
+    let mut ids = Vec::new();
+    named(body, &["file_id", "vector_store_ids"], &mut ids);
+    if let Some(missing) = ids.iter().find(|s| !world.owns(key, s)) {
         return openai_error(
             404,
             &format!("No such File object: {missing}"),
@@ -463,12 +479,9 @@ fn openai_response(world: &mut World, key: &str, body: &Value) -> Reply {
 }
 
 fn anthropic_message(world: &mut World, key: &str, body: &Value) -> Reply {
-    let mut named = Vec::new();
-    strings(body, &mut named);
-    if let Some(missing) = named
-        .iter()
-        .find(|s| s.starts_with("file_") && s.len() > 8 && !world.owns(key, s))
-    {
+    let mut ids = Vec::new();
+    named(body, &["file_id"], &mut ids);
+    if let Some(missing) = ids.iter().find(|s| !world.owns(key, s)) {
         return anthropic_error(
             404,
             "not_found_error",
@@ -503,9 +516,9 @@ fn gemini_denied(world: &World, key: &str, body: &Value) -> Option<Reply> {
             "PERMISSION_DENIED",
         ));
     }
-    let mut named = Vec::new();
-    strings(body, &mut named);
-    for uri in named.iter().filter(|s| s.contains("/files/")) {
+    let mut uris = Vec::new();
+    named(body, &["fileUri", "file_uri"], &mut uris);
+    for uri in &uris {
         let name = uri.rsplit('/').next().unwrap_or("");
         if !world.owns(key, &format!("files/{name}")) {
             return Some(gemini_error(
