@@ -211,6 +211,33 @@ pub fn looks_like_json(body: &[u8]) -> bool {
     matches!(body.get(skip_space(body, 0)), Some(b'{' | b'['))
 }
 
+/// The whole-number values of fields named `name`, anywhere in `body`, in order (a scan, as
+/// [`string_fields`]; `null` and fractions are skipped).
+pub fn number_fields(body: &[u8], name: &str) -> Vec<u64> {
+    let needle = format!("\"{name}\"");
+    let mut found = Vec::new();
+    let mut rest = body;
+    while let Some(at) = find(rest, needle.as_bytes()) {
+        rest = &rest[at + needle.len()..];
+        let mut i = skip_space(rest, 0);
+        if rest.get(i) != Some(&b':') {
+            continue;
+        }
+        i = skip_space(rest, i + 1);
+        let digits = rest[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits > 0
+            && digits <= 19
+            && !matches!(rest.get(i + digits), Some(b'.' | b'e' | b'E'))
+            && let Ok(n) = std::str::from_utf8(&rest[i..i + digits])
+                .unwrap_or("")
+                .parse()
+        {
+            found.push(n);
+        }
+    }
+    found
+}
+
 /// The string values of fields named `name`, found lazily from the start of `body`.
 fn field_values<'a>(body: &'a [u8], name: &str) -> impl Iterator<Item = &'a str> + use<'a> {
     let needle = format!("\"{name}\"");
@@ -266,6 +293,14 @@ mod tests {
     #[test]
     fn quotes() {
         assert_eq!(quote("a\"b\\c\nd\u{1}"), "\"a\\\"b\\\\c\\nd\\u0001\"");
+    }
+
+    #[test]
+    fn finds_numbers() {
+        let body = br#"{"usage":{"prompt_tokens": 12,"prompt_tokens_details":{"cached_tokens":8},"x":1.5,"prompt_tokens":null}}"#;
+        assert_eq!(number_fields(body, "prompt_tokens"), vec![12]);
+        assert_eq!(number_fields(body, "cached_tokens"), vec![8]);
+        assert!(number_fields(body, "x").is_empty());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::agent::egress::Egress;
 use crate::headers::{CLIENT_CREDENTIAL_PARAM, is_client_credential_header};
 use crate::json;
 use crate::keys::affinity::{Affinity, Dialect};
+use crate::keys::usage::UsageBook;
 use crate::keys::{ApiKey, KeyPool};
 
 /// How the pool key travels to the upstream.
@@ -53,6 +54,8 @@ pub struct Provider {
     /// How the keys' requests leave: key i through entry i mod m; empty: the environment's
     /// proxy variables.
     pub egress: Vec<Egress>,
+    /// The tokens each key has spent, per model.
+    pub usage: Arc<UsageBook>,
 }
 
 impl Provider {
@@ -74,6 +77,7 @@ impl Provider {
             pool: KeyPool::new(keys),
             affinity: Arc::new(Affinity::new(dialect_of(shape), DEFAULT_SESSION_TTL)),
             egress: Vec::new(),
+            usage: Arc::default(),
         }
     }
 

@@ -144,6 +144,7 @@ impl Proxy {
                 provider.pool.adopt(&previous.pool);
                 // Objects and conversations stay with their keys across a reload; an owner
                 // no longer configured simply owns nothing keyrelay can reach.
+                provider.usage = Arc::clone(&previous.usage);
                 if previous.affinity.dialect == provider.affinity.dialect {
                     provider.affinity = Arc::clone(&previous.affinity);
                     provider.affinity.set_session_ttl(config.session_ttl);

@@ -6,6 +6,7 @@ use log::info;
 
 use crate::json::quote;
 use crate::json_log::REQUEST_TARGET;
+use crate::keys::usage::Tokens;
 
 /// One request log line: `req=… METHOD /path status= attempts= key= ms= queued_ms=` and a note.
 pub(crate) struct RequestLog<'a> {
@@ -22,6 +23,8 @@ pub(crate) struct RequestLog<'a> {
     pub(crate) note: &'a str,
     /// `resource` or `session` when affinity chose the key.
     pub(crate) pin: Option<&'static str>,
+    /// The tokens the answer reported.
+    pub(crate) tokens: Option<Tokens>,
 }
 
 impl RequestLog<'_> {
@@ -31,7 +34,7 @@ impl RequestLog<'_> {
         }
         info!(
             target: REQUEST_TARGET,
-            "req={} {} {} status={} attempts={} key={}{}{} ms={} queued_ms={}{}",
+            "req={} {} {} status={} attempts={} key={}{}{}{} ms={} queued_ms={}{}",
             self.id,
             self.method,
             self.path,
@@ -40,6 +43,10 @@ impl RequestLog<'_> {
             self.key.unwrap_or("-"),
             if self.pin.is_some() { " pin=" } else { "" },
             self.pin.unwrap_or(""),
+            self.tokens.map_or(String::new(), |t| format!(
+                " tokens_in={} tokens_cached={} tokens_out={}",
+                t.input, t.cached, t.output
+            )),
             self.elapsed.as_millis(),
             self.queued.as_millis(),
             self.note
@@ -60,6 +67,12 @@ impl RequestLog<'_> {
             self.elapsed.as_millis(),
             self.queued.as_millis()
         );
+        if let Some(t) = self.tokens {
+            out.push_str(&format!(
+                ",\"tokens_in\":{},\"tokens_cached\":{},\"tokens_out\":{}",
+                t.input, t.cached, t.output
+            ));
+        }
         if let Some(pin) = self.pin {
             out.push_str(&format!(",\"pin\":{}", quote(pin)));
         }

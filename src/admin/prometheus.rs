@@ -94,6 +94,33 @@ pub(super) fn metrics(proxy: &Proxy) -> String {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP keyrelay_tokens_total Tokens the upstream reported, by provider, key (masked), model and kind (input includes cached; output includes reasoning)."
+    );
+    let _ = writeln!(out, "# TYPE keyrelay_tokens_total counter");
+    for provider in proxy.providers().iter() {
+        for key in provider.pool.keys() {
+            for (model, spent) in provider.usage.of(key.id()) {
+                let t = spent.tokens;
+                for (kind, n) in [
+                    ("input", t.input),
+                    ("cached", t.cached),
+                    ("output", t.output),
+                    ("reasoning", t.reasoning),
+                ] {
+                    let _ = writeln!(
+                        out,
+                        "keyrelay_tokens_total{{provider={},key={},model={},kind={}}} {n}",
+                        label(&provider.name),
+                        label(&key.mask()),
+                        label(&model),
+                        label(kind)
+                    );
+                }
+            }
+        }
+    }
     let _ = writeln!(out, "# HELP keyrelay_keys Keys by state.");
     let _ = writeln!(out, "# TYPE keyrelay_keys gauge");
     out.push_str(&key_rows);

@@ -4,6 +4,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::json::quote;
 use crate::keys::affinity::Kind;
+use crate::keys::usage::Spent;
 use crate::keys::{AttemptClass, BenchReason, KeySnapshot};
 use crate::proxy::Proxy;
 use crate::utc::format_rfc3339;
@@ -32,6 +33,27 @@ pub(super) fn key_state(snapshot: &KeySnapshot) -> (&'static str, Option<Instant
         Some(until) => ("cooling", Some(until)),
         None => ("ready", None),
     }
+}
+
+/// One model's spending as JSON: answers that reported usage, input, cached input, output and
+/// reasoning tokens, and the cached share of input.
+fn usage_json(model: &str, spent: &Spent) -> String {
+    let t = &spent.tokens;
+    let share = if t.input == 0 {
+        0.0
+    } else {
+        t.cached as f64 / t.input as f64
+    };
+    format!(
+        r#"{{"model":{},"answers":{},"input":{},"cached":{},"output":{},"reasoning":{},"cached_share":{:.3}}}"#,
+        quote(model),
+        spent.answers,
+        t.input,
+        t.cached,
+        t.output,
+        t.reasoning,
+        share
+    )
 }
 
 /// The models a key's account cannot use (benched as `no_access`).
@@ -72,8 +94,14 @@ pub(super) fn status(proxy: &Proxy) -> String {
             let egress = provider
                 .egress_for(index)
                 .map_or("null".to_string(), |e| quote(&e.shown));
+            let usage: Vec<String> = provider
+                .usage
+                .of(provider.pool.key(index).id())
+                .into_iter()
+                .map(|(model, spent)| usage_json(&model, &spent))
+                .collect();
             keys.push(format!(
-                r#"{{"position":{},"key":{},"egress":{egress},"state":{},"until":{},"cooldowns":[{}],"no_access":[{}],"requests":{},"successes":{},"rate_limited":{},"quota_exhausted":{},"other_errors":{},"last_error":{},"headroom":{}}}"#,
+                r#"{{"position":{},"key":{},"egress":{egress},"state":{},"until":{},"cooldowns":[{}],"no_access":[{}],"attempts":{},"successes":{},"rate_limited":{},"quota_exhausted":{},"other_errors":{},"last_error":{},"headroom":{},"usage":[{}]}}"#,
                 index + 1,
                 quote(&snap.mask),
                 quote(state),
@@ -91,7 +119,8 @@ pub(super) fn status(proxy: &Proxy) -> String {
                     h.requests_remaining.map_or("null".to_string(), |n| n.to_string()),
                     h.tokens_remaining.map_or("null".to_string(), |n| n.to_string()),
                     h.resets_at.map_or("null".to_string(), |at| quote(&wall_time(at, now, wall_now)))
-                ))
+                )),
+                usage.join(",")
             ));
         }
         let affinity = &provider.affinity;

@@ -72,7 +72,7 @@ pub fn render(proxy: &Proxy) -> String {
             out,
             "<h2>{} <small>{}</small></h2><div class=\"top\"><span>learned ids {ids}</span>\
 <span>live sessions {sessions}</span></div><div class=\"wrap\"><table><tr><th>#</th><th>key</th>\
-<th>state</th><th>cooldowns</th><th>no access</th><th>headroom</th><th>requests</th><th>ok</th><th>429</th><th>errors</th></tr>",
+<th>state</th><th>cooldowns</th><th>no access</th><th>headroom</th><th>tokens in (cached) / out</th><th>attempts</th><th>ok</th><th>429</th><th>errors</th></tr>",
             esc(&provider.name),
             esc(&provider.base_url)
         );
@@ -114,12 +114,21 @@ pub fn render(proxy: &Proxy) -> String {
                 format!("{} left{resets}", left.join(", "))
             });
             let no_access: Vec<String> = no_access_models(&snap).map(esc).collect();
+            let spent = provider.usage.of(provider.pool.key(index).id());
+            let (input, cached, output) = spent.iter().fold((0, 0, 0), |(i, c, o), (_, s)| {
+                (i + s.tokens.input, c + s.tokens.cached, o + s.tokens.output)
+            });
+            let tokens = if input + output == 0 {
+                "-".to_string()
+            } else {
+                format!("{input} ({cached}) / {output}")
+            };
             let s = &snap.stats;
             let errors = s.other_errors;
             let _ = write!(
                 out,
                 "<tr><td>{}</td><td><code>{}</code></td><td class=\"{state}\">{state}{frees}</td><td>{}</td>\
-<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{errors}{}</td></tr>",
+<td>{}</td><td>{}</td><td>{tokens}</td><td>{}</td><td>{}</td><td>{}</td><td>{errors}{}</td></tr>",
                 index + 1,
                 esc(&snap.mask)
                     + &provider

@@ -6,6 +6,7 @@ pub mod affinity;
 pub mod journal;
 mod key;
 mod pool;
+pub mod usage;
 
 pub use key::{ApiKey, mask_secret, mask_userinfo};
 pub use pool::*;

@@ -80,6 +80,7 @@ pub fn page(
         queued: Duration::ZERO,
         note: "",
         pin: None,
+        tokens: None,
     }
     .write();
     let then = if client.wants_close {
@@ -131,6 +132,7 @@ pub fn refusal(
         queued: waited,
         note: " refused=listener",
         pin: None,
+        tokens: None,
     }
     .write();
     Own {
@@ -153,6 +155,7 @@ pub fn log_gone_while_queued(proxy: &Proxy, buf: &[u8], head: &Head, waited: Dur
         queued: waited,
         note: " aborted=client-gone",
         pin: None,
+        tokens: None,
     }
     .write();
 }

@@ -118,6 +118,7 @@ pub(crate) fn handle(
         queued,
         note: report.note,
         pin: pin.map(Kind::label),
+        tokens: report.tokens,
     }
     .write();
     if refused {

@@ -20,6 +20,7 @@ use crate::config::{NO_ACCESS_BENCH, QUOTA_BENCH, REJECTED_KEY_BENCH};
 use crate::error::{ProxyError, broken_stream_event};
 use crate::json;
 use crate::keys::affinity::{AnswerWatch, Dialect, Kind, Outcome, UPLOAD_PREFIX};
+use crate::keys::usage::{Metered, UsageMeter};
 use crate::keys::{ApiKey, AttemptClass, BenchReason, HeadroomReport};
 use crate::provider::Provider;
 use crate::proxy::Proxy;
@@ -188,8 +189,23 @@ pub(crate) fn try_round(
                         )
                     })
                     .flatten();
+                let metered = ok.then(|| {
+                    let meter = UsageMeter::new(provider.affinity.dialect);
+                    Box::new(Metered::new(
+                        meter,
+                        Arc::clone(&provider.usage),
+                        key.id(),
+                        model,
+                    ))
+                });
                 let answer = relay_answer(
-                    provider, upstream, key, response, error_body, *attempts, watch,
+                    provider,
+                    upstream,
+                    key,
+                    response,
+                    error_body,
+                    *attempts,
+                    (watch, metered),
                 );
                 return Ok(Served {
                     answer,
@@ -200,7 +216,13 @@ pub(crate) fn try_round(
                 pool.record(index, AttemptClass::Rejected);
                 warn_region_block(provider);
                 let answer = relay_answer(
-                    provider, upstream, key, response, error_body, *attempts, None,
+                    provider,
+                    upstream,
+                    key,
+                    response,
+                    error_body,
+                    *attempts,
+                    (None, None),
                 );
                 return Ok(Served { answer, by: None });
             }
@@ -473,7 +495,7 @@ fn relay_answer(
     mut response: ureq::http::Response<ureq::Body>,
     error_body: Option<Vec<u8>>,
     attempts: u32,
-    watch: Option<AnswerWatch>,
+    (watch, metered): (Option<AnswerWatch>, Option<Box<Metered>>),
 ) -> Answer {
     if provider.affinity.dialect == Dialect::Gemini {
         rewrite_upload_url(provider, upstream, key, response.headers_mut());
@@ -485,8 +507,10 @@ fn relay_answer(
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let watch =
-        watch.filter(|_| content_type.contains("json") || content_type.contains("event-stream"));
+    // Usage likewise: it is in JSON answers and in streams.
+    let readable = content_type.contains("json") || content_type.contains("event-stream");
+    let watch = watch.filter(|_| readable);
+    let metered = metered.filter(|_| readable);
     let key = key.mask();
     let status = response.status().as_u16();
     let stream = response
@@ -524,6 +548,7 @@ fn relay_answer(
                 attempts,
                 key,
                 watch,
+                metered,
                 sse,
             }
         }

@@ -5,6 +5,7 @@ use ureq::http::HeaderMap;
 use crate::admin::Rendered;
 use crate::error::ProxyError;
 use crate::keys::affinity::AnswerWatch;
+use crate::keys::usage::Metered;
 use crate::provider::ErrorShape;
 use crate::respond::stream::SseEnds;
 
@@ -26,6 +27,8 @@ pub(crate) enum Answer {
         key: String,
         /// Learns the object ids the answer names as it passes.
         watch: Option<AnswerWatch>,
+        /// Reads the usage the answer reports, for its key and model.
+        metered: Option<Box<Metered>>,
         /// Set for a Server-Sent Events answer: heartbeats, and its break event.
         sse: Option<SseEnds>,
     },

@@ -3,15 +3,17 @@
 
 pub mod answer;
 pub mod stream;
+mod tap;
 
 use std::io::{Read, Write};
 
 use ureq::http::{HeaderMap, HeaderValue};
 
 use crate::headers::{connection_tokens, is_hop_by_hop};
-use crate::keys::affinity::Tapped;
+use crate::keys::usage::Tokens;
 use crate::respond::answer::{Answer, SavedAnswer};
 use crate::respond::stream::{Framing, RelayBuffer, RelayError, reason_phrase, relay_body};
+use tap::Tapped;
 
 /// What happened to a request, for its log line.
 pub(crate) struct Report {
@@ -21,6 +23,8 @@ pub(crate) struct Report {
     pub(crate) note: &'static str,
     /// The answer ends when the connection closes (HTTP/1.0 without a length).
     pub(crate) ends_with_close: bool,
+    /// The tokens the answer reported.
+    pub(crate) tokens: Option<Tokens>,
 }
 
 /// What the client's request line and headers say about how to answer it.
@@ -64,6 +68,7 @@ pub(crate) fn deliver(
                 key: None,
                 note,
                 ends_with_close: false,
+                tokens: None,
             }
         }
         Answer::Page(page) => {
@@ -82,6 +87,7 @@ pub(crate) fn deliver(
                 key: None,
                 note,
                 ends_with_close: false,
+                tokens: None,
             }
         }
         Answer::Saved {
@@ -96,6 +102,7 @@ pub(crate) fn deliver(
                 key: Some(key),
                 note,
                 ends_with_close: false,
+                tokens: None,
             }
         }
         Answer::Live {
@@ -104,6 +111,7 @@ pub(crate) fn deliver(
             attempts,
             key,
             watch,
+            metered,
             sse,
         } => {
             let status = response.status().as_u16();
@@ -116,8 +124,11 @@ pub(crate) fn deliver(
                 .filter(|_| !parts.headers.contains_key("transfer-encoding"));
             let framing = Framing::choose(no_body(&client.method, status), length, client.http10);
             let head = response_head(client, status, &parts.headers, framing);
-            let mut reader = Tapped::new(prefix.as_slice().chain(body.into_reader()), watch);
+            let mut reader =
+                Tapped::new(prefix.as_slice().chain(body.into_reader()), watch, metered);
             let result = relay_body(out, head, &mut reader, framing, buffer, sse.as_ref());
+            // Usage only from an answer relayed whole: a cut one reported nothing reliable.
+            let tokens = if result.is_ok() { reader.usage() } else { None };
             // Dropping an unfinished reader closes the upstream connection, which stops the
             // generation when the client has gone.
             drop(reader);
@@ -127,6 +138,7 @@ pub(crate) fn deliver(
                 key: Some(key),
                 note: relay_note(&result),
                 ends_with_close: framing == Framing::UntilClose,
+                tokens,
             }
         }
     }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
 
+use crate::keys::usage::Tokens;
 use crate::keys::{ApiKey, Bench, BenchReason};
 use crate::proxy::Proxy;
 
@@ -77,6 +78,18 @@ fn render_affinity(proxy: &Proxy, now: Instant, wall_now: SystemTime) -> String 
 fn render_pools(proxy: &Proxy, now: Instant, wall_now: SystemTime) -> String {
     let mut out = format!("{HEADER}\n");
     for provider in proxy.providers().iter() {
+        // Tokens spent, per key and model: `usage <answers> <input> <cached> <output>
+        // <reasoning> <model>` (the model last: it may hold spaces).
+        let mut spent = provider.usage.all();
+        spent.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        for (key, model, s) in spent {
+            let t = s.tokens;
+            let _ = writeln!(
+                out,
+                "{} {key:016x} usage {} {} {} {} {} {model}",
+                provider.name, s.answers, t.input, t.cached, t.output, t.reasoning
+            );
+        }
         for (index, snap) in provider.pool.snapshot(now).into_iter().enumerate() {
             if !snap.disabled && snap.benches.is_empty() {
                 continue; // nothing to keep: no hash to compute (this runs every second)
@@ -120,6 +133,8 @@ pub fn apply(
         /// A learned id or a conversation, and when it was last used.
         Id(String, Instant),
         Session(u64, Instant),
+        /// Tokens a key spent on a model: answers, tokens, model.
+        Usage(u64, Tokens, String),
     }
     // When an entry last used at `secs` was used, on this process's clock; `None` if that is
     // before this machine's clock can say.
@@ -131,7 +146,7 @@ pub fn apply(
     let mut entries = Vec::new();
     for (number, line) in lines.enumerate() {
         let bad = || format!("line {} is not a state entry", number + 2);
-        let fields: Vec<&str> = line.split(' ').collect();
+        let fields: Vec<&str> = line.splitn(9, ' ').collect();
         let entry = match fields.as_slice() {
             [provider, id, "disabled"] => (*provider, *id, Entry::Disabled),
             [provider, id, "bench", secs, reason, model] => {
@@ -157,6 +172,30 @@ pub fn apply(
                 let secs: u64 = secs.parse().map_err(|_| bad())?;
                 let Some(at) = used_at(secs) else { continue };
                 (*provider, *id, Entry::Id(object.to_string(), at))
+            }
+            [
+                provider,
+                id,
+                "usage",
+                answers,
+                input,
+                cached,
+                output,
+                reasoning,
+                model,
+            ] => {
+                let n = |field: &str| field.parse::<u64>().map_err(|_| bad());
+                let tokens = Tokens {
+                    input: n(input)?,
+                    cached: n(cached)?,
+                    output: n(output)?,
+                    reasoning: n(reasoning)?,
+                };
+                (
+                    *provider,
+                    *id,
+                    Entry::Usage(n(answers)?, tokens, model.to_string()),
+                )
             }
             [provider, id, "session", secs, hash] => {
                 let secs: u64 = secs.parse().map_err(|_| bad())?;
@@ -188,6 +227,9 @@ pub fn apply(
         match entry {
             Entry::Id(object, at) => provider.affinity.restore_id(&object, key, at),
             Entry::Session(hash, at) => provider.affinity.restore_session(hash, key, at),
+            Entry::Usage(answers, tokens, model) => {
+                provider.usage.add(key, Some(&model), answers, tokens);
+            }
             Entry::Disabled => provider.pool.set_disabled(index, true),
             Entry::Bench(bench) => {
                 provider

@@ -29,3 +29,4 @@ mod streaming;
 mod tls_trust;
 mod upstream_pool;
 mod upstream_verdicts;
+mod usage;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 pub use ids::{Dialect, UPLOAD_PREFIX};
 pub use session::{Conversation, conversation};
 pub use table::Owner;
-pub use watch::{AnswerWatch, Tapped};
+pub use watch::AnswerWatch;
 
 use super::journal::{Attached, Change, JournalSlot};
 use super::key::ApiKey;

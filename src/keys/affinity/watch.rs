@@ -5,7 +5,6 @@
 //! look happens between the upstream read and the client write, on bytes already in memory,
 //! and keeps no copy of them beyond the JSON string it is in the middle of.
 
-use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -132,32 +131,6 @@ impl AnswerWatch {
         for _ in 0..news {
             self.affinity.count(Kind::Resource, Outcome::Learned);
         }
-    }
-}
-
-/// A reader that shows everything it reads to an [`AnswerWatch`] first.
-pub struct Tapped<R> {
-    inner: R,
-    watch: Option<AnswerWatch>,
-}
-
-impl<R: Read> Tapped<R> {
-    /// `inner`, watched by `watch` when there is one.
-    pub fn new(inner: R, watch: Option<AnswerWatch>) -> Tapped<R> {
-        Tapped { inner, watch }
-    }
-}
-
-impl<R: Read> Read for Tapped<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(watch) = &mut self.watch {
-            watch.see(&buf[..n]);
-            if watch.done() {
-                self.watch = None; // seen enough: the rest passes untouched
-            }
-        }
-        Ok(n)
     }
 }
 
