@@ -19,7 +19,7 @@
 # context switches per request, and each round's rps; then on/before and off/before rps (target:
 # on >= 0.95x before) and the CPU us per request each change adds. Before every wrk run it waits
 # (at most AFFINITY_CARGO_WAIT s over the run, default 900) while a cargo, rustc or wrk runs;
-# a run during which other work took more than AFFINITY_OTHERS_MAX % (default 10) of the CPUs
+# a run during which other work took more than AFFINITY_OTHERS_MAX % (default 3) of the CPUs
 # (/proc/stat's busy time less that of keyrelay, the stand-in, wrk and the script) is run again,
 # at most twice; the table shows that share for every run.
 #
@@ -45,7 +45,7 @@ AFFINITY_NOW_REV=${AFFINITY_NOW_REV:-}
 AFFINITY_ROUNDS=${AFFINITY_ROUNDS:-3}
 AFFINITY_LATER=${AFFINITY_LATER:-1}
 AFFINITY_CARGO_WAIT=${AFFINITY_CARGO_WAIT:-900}
-AFFINITY_OTHERS_MAX=${AFFINITY_OTHERS_MAX:-10}
+AFFINITY_OTHERS_MAX=${AFFINITY_OTHERS_MAX:-3}
 AFF_DURATION=${AFFINITY_DURATION:-${DURATION:-10}}
 AFF_VARIANTS=(aff-before aff-on aff-off)
 [[ $AFFINITY_LATER == 0 ]] || AFF_VARIANTS+=(aff-before-t2 aff-on-t2)
@@ -124,11 +124,16 @@ aff_own_ticks() {
 
 # aff_run TAG TARGET: one wrk run, run again (at most twice) when other work took more than
 # AFFINITY_OTHERS_MAX % of the CPUs meanwhile: the machine's busy time (/proc/stat) less that of
-# keyrelay, the stand-in, wrk and this script. Writes that share to $RAW/others-TAG-TARGET.txt.
+# keyrelay, the stand-in, wrk and this script; before running it again, it waits (at most 2 min)
+# for the CPUs to be under 10 % busy. Writes that share to $RAW/others-TAG-TARGET.txt.
 aff_run() {
   local tag=$1 target=$2 try stat0 own0 own1 others
   for try in 1 2 3; do
     aff_wait_for_cargo
+    if ((try > 1)); then # and, for a run again, up to 2 minutes for the CPUs to calm down
+      local waited=0
+      while (($(cpu_busy_pct 2) > 10 && waited < 120)); do waited=$((waited + 2)); done
+    fi
     stat0=$(head -1 /proc/stat)
     own0=$(aff_own_ticks "$target")
     run_wrk "$tag" "$target" 2 64 "$AFF_DURATION"
