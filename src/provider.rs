@@ -8,6 +8,7 @@ use crate::agent::egress::Egress;
 use crate::headers::{CLIENT_CREDENTIAL_PARAM, is_client_credential_header};
 use crate::json;
 use crate::keys::affinity::{Affinity, Dialect};
+use crate::keys::limits::{Days, Limiter, Rules};
 use crate::keys::usage::UsageBook;
 use crate::keys::{ApiKey, KeyPool};
 
@@ -56,6 +57,8 @@ pub struct Provider {
     pub egress: Vec<Egress>,
     /// The tokens each key has spent, per model.
     pub usage: Arc<UsageBook>,
+    /// Local limits per key and model, and the keys' use of them.
+    pub limits: Arc<Limiter>,
 }
 
 impl Provider {
@@ -78,6 +81,14 @@ impl Provider {
             affinity: Arc::new(Affinity::new(dialect_of(shape), DEFAULT_SESSION_TTL)),
             egress: Vec::new(),
             usage: Arc::default(),
+            limits: Arc::new(Limiter::new(
+                Rules::default(),
+                if shape == ErrorShape::Gemini {
+                    Days::Pacific
+                } else {
+                    Days::Utc
+                },
+            )),
         }
     }
 

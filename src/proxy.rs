@@ -145,6 +145,13 @@ impl Proxy {
                 // Objects and conversations stay with their keys across a reload; an owner
                 // no longer configured simply owns nothing keyrelay can reach.
                 provider.usage = Arc::clone(&previous.usage);
+                // The counts so far stay; the rules are the new ones.
+                let rules = config
+                    .provider(&provider.name)
+                    .map(|p| p.limits.clone())
+                    .unwrap_or_default();
+                previous.limits.set_rules(rules);
+                provider.limits = Arc::clone(&previous.limits);
                 if previous.affinity.dialect == provider.affinity.dialect {
                     provider.affinity = Arc::clone(&previous.affinity);
                     provider.affinity.set_session_ttl(config.session_ttl);
@@ -198,6 +205,7 @@ pub(crate) fn build_providers(config: &Config) -> Vec<Provider> {
             );
             provider.affinity =
                 Arc::new(Affinity::new(provider.affinity.dialect, config.session_ttl));
+            provider.limits.set_rules(p.limits.clone());
             // Validated with the configuration: each entry parses.
             provider.egress = p
                 .egress

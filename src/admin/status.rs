@@ -94,6 +94,30 @@ pub(super) fn status(proxy: &Proxy) -> String {
             let egress = provider
                 .egress_for(index)
                 .map_or("null".to_string(), |e| quote(&e.shown));
+            let key_id = provider.pool.key(index).id();
+            let limits: Vec<String> = provider
+                .limits
+                .usage(key_id, now, wall_now)
+                .into_iter()
+                .map(|(model, uses)| {
+                    let windows: Vec<String> = uses
+                        .iter()
+                        .map(|u| {
+                            format!(
+                                r#"{{"limit":{},"used":{},"frees_in_secs":{}}}"#,
+                                quote(&u.limit.text()),
+                                u.used,
+                                u.frees_in.as_secs_f64().ceil()
+                            )
+                        })
+                        .collect();
+                    format!(
+                        r#"{{"model":{},"windows":[{}]}}"#,
+                        quote(&model),
+                        windows.join(",")
+                    )
+                })
+                .collect();
             let usage: Vec<String> = provider
                 .usage
                 .of(provider.pool.key(index).id())
@@ -101,7 +125,7 @@ pub(super) fn status(proxy: &Proxy) -> String {
                 .map(|(model, spent)| usage_json(&model, &spent))
                 .collect();
             keys.push(format!(
-                r#"{{"position":{},"key":{},"egress":{egress},"state":{},"until":{},"cooldowns":[{}],"no_access":[{}],"attempts":{},"successes":{},"rate_limited":{},"quota_exhausted":{},"other_errors":{},"last_error":{},"headroom":{},"usage":[{}]}}"#,
+                r#"{{"position":{},"key":{},"egress":{egress},"state":{},"until":{},"cooldowns":[{}],"no_access":[{}],"attempts":{},"successes":{},"rate_limited":{},"quota_exhausted":{},"other_errors":{},"last_error":{},"headroom":{},"usage":[{}],"limits":[{}]}}"#,
                 index + 1,
                 quote(&snap.mask),
                 quote(state),
@@ -120,7 +144,8 @@ pub(super) fn status(proxy: &Proxy) -> String {
                     h.tokens_remaining.map_or("null".to_string(), |n| n.to_string()),
                     h.resets_at.map_or("null".to_string(), |at| quote(&wall_time(at, now, wall_now)))
                 )),
-                usage.join(",")
+                usage.join(","),
+                limits.join(",")
             ));
         }
         let affinity = &provider.affinity;

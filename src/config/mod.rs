@@ -13,6 +13,7 @@ use crate::agent::egress::Egress;
 use crate::agent::trust::TrustFiles;
 use crate::config::catalog::{ALWAYS, known};
 use crate::config::env_file::{EnvFileError, parse_env_file};
+use crate::keys::limits::Rules;
 use crate::keys::{ApiKey, mask_userinfo};
 use crate::provider::{AuthStyle, ErrorShape, env_prefix, keys_var_for};
 
@@ -261,6 +262,8 @@ pub struct ProviderConfig {
     /// `<NAME>_EGRESS`: how the keys' requests leave, key i through entry i mod m (empty: as
     /// the environment's proxy variables say).
     pub egress: Vec<EgressSetting>,
+    /// `<NAME>_KEY_LIMITS`: local limits per key and model.
+    pub limits: Rules,
 }
 
 /// One entry of `<NAME>_EGRESS`, validated.
@@ -580,8 +583,17 @@ fn parse_providers(
                 })
                 .collect::<Result<Vec<_>, ConfigError>>()?,
         };
+        let limits_var = format!("{prefix}_KEY_LIMITS");
+        let limits = match get(&limits_var) {
+            None => Rules::default(),
+            Some(text) => Rules::parse(&text).map_err(|reason| ConfigError::Invalid {
+                var: limits_var.clone(),
+                reason,
+            })?,
+        };
         providers.push(ProviderConfig {
             egress,
+            limits,
             keys: checked_keys(&keys_var_for(&name), get)?,
             probe_path: get(&format!("{}_PROBE_PATH", env_prefix(&name))),
             base_url,

@@ -5,6 +5,7 @@ pub mod access;
 pub mod affinity;
 pub mod journal;
 mod key;
+pub mod limits;
 mod pool;
 pub mod usage;
 

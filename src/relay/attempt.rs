@@ -6,7 +6,7 @@
 //! keyrelay writes itself.
 
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::debug;
 use ureq::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
@@ -218,7 +218,18 @@ fn attempt_owner(
     let mask = || pool.key(index).mask();
     let mut attempts = 0;
     loop {
-        match pool.readiness(index, request.model, Instant::now()) {
+        let limit_wait = provider.limits.wait(
+            pool.key(index).id(),
+            request.model,
+            Instant::now(),
+            SystemTime::now(),
+        );
+        let readiness = match pool.readiness(index, request.model, Instant::now()) {
+            Readiness::Ready if !limit_wait.is_zero() => Readiness::Cooling(limit_wait),
+            Readiness::Cooling(wait) => Readiness::Cooling(wait.max(limit_wait)),
+            other => other,
+        };
+        match readiness {
             Readiness::Ready => {}
             Readiness::Cooling(wait) if Instant::now() + wait <= deadline => {
                 debug!(
@@ -412,7 +423,7 @@ fn rotate(
                 };
             }
             LastFailure::RateLimited | LastFailure::NotOwned(..) => {
-                let wait = pool.wait_for_any(model, Instant::now());
+                let wait = earliest_free(provider, model);
                 if !wait.is_zero() && Instant::now() + wait <= deadline {
                     debug!(
                         "{}: every key is cooling; holding the request {} ms for the first to free",
@@ -454,6 +465,28 @@ fn note_turn(provider: &Provider, rotation: &Rotation, index: usize) -> Option<K
             None
         }
     }
+}
+
+/// How long until some key can take a request for `model`: benches and local limits both.
+fn earliest_free(provider: &Provider, model: Option<&str>) -> Duration {
+    let pool = &provider.pool;
+    if provider.limits.is_empty() {
+        return pool.wait_for_any(model, Instant::now());
+    }
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    (0..pool.len())
+        .filter_map(|index| {
+            let bench = match pool.readiness(index, model, now) {
+                Readiness::Ready => Duration::ZERO,
+                Readiness::Cooling(wait) => wait,
+                // Out for long or until an operator acts: not a key to wait for.
+                Readiness::Out(_) => return None,
+            };
+            let limit = provider.limits.wait(pool.key(index).id(), model, now, wall);
+            Some(bench.max(limit))
+        })
+        .min()
+        .unwrap_or(Duration::ZERO)
 }
 
 /// Whole seconds for a Retry-After, at least 1.

@@ -101,6 +101,18 @@ pub(crate) fn try_round(
             round.skipped = true;
             continue;
         }
+        // A key at its local limit for this model sits out like a cooling one (counted here
+        // when it does not: the attempt is made).
+        let admitted = provider.limits.admit(
+            pool.key(index).id(),
+            model,
+            Instant::now(),
+            SystemTime::now(),
+        );
+        if admitted.is_err() {
+            round.skipped = true;
+            continue;
+        }
         *attempts += 1;
         let key = pool.key(index);
         let Some(uri) = upstream.uri(provider, key.secret()) else {
@@ -193,7 +205,7 @@ pub(crate) fn try_round(
                     let meter = UsageMeter::new(provider.affinity.dialect);
                     Box::new(Metered::new(
                         meter,
-                        Arc::clone(&provider.usage),
+                        (Arc::clone(&provider.usage), Arc::clone(&provider.limits)),
                         key.id(),
                         model,
                     ))

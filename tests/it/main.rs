@@ -10,6 +10,7 @@ mod frontend;
 mod hardening;
 mod headroom;
 mod keys;
+mod limits;
 mod logging;
 mod nginx;
 mod ops;

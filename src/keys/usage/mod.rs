@@ -7,6 +7,8 @@ mod tokens;
 
 use std::sync::Arc;
 
+use super::limits::Limiter;
+
 pub use book::{MAX_MODELS, OTHER, Spent, UsageBook};
 pub use meter::UsageMeter;
 pub use tokens::Tokens;
@@ -15,16 +17,24 @@ pub use tokens::Tokens;
 pub struct Metered {
     meter: UsageMeter,
     book: Arc<UsageBook>,
+    /// Token limits count what the answer spent.
+    limits: Arc<Limiter>,
     key: u64,
     model: Option<String>,
 }
 
 impl Metered {
     /// A meter for an answer to `model` got with the key whose id is `key`.
-    pub fn new(meter: UsageMeter, book: Arc<UsageBook>, key: u64, model: Option<&str>) -> Metered {
+    pub fn new(
+        meter: UsageMeter,
+        (book, limits): (Arc<UsageBook>, Arc<Limiter>),
+        key: u64,
+        model: Option<&str>,
+    ) -> Metered {
         Metered {
             meter,
             book,
+            limits,
             key,
             model: model.map(str::to_string),
         }
@@ -38,7 +48,10 @@ impl Metered {
     /// Counts what the answer reported and returns it.
     pub fn finish(self) -> Option<Tokens> {
         let tokens = self.meter.finish()?;
-        self.book.record(self.key, self.model.as_deref(), tokens);
+        let model = self.model.as_deref();
+        self.book.record(self.key, model, tokens);
+        self.limits
+            .spent(self.key, model, tokens.total(), std::time::Instant::now());
         Some(tokens)
     }
 }
