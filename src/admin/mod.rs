@@ -1,6 +1,7 @@
 //! keyrelay's own pages: `/` (what this is), `/health`, `/status` (keys, masked) and `/metrics`
 //! (Prometheus text). They never call an upstream and never show a full key.
 
+mod charts;
 mod prometheus;
 mod status;
 mod status_page;

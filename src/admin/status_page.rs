@@ -5,14 +5,15 @@
 //! escaped (model names come from clients).
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use super::charts::{self, Series};
 use super::status::{key_state, no_access_models};
 use crate::keys::AttemptClass;
 use crate::proxy::Proxy;
 
 /// Text made safe for HTML.
-fn esc(text: &str) -> String {
+pub(super) fn esc(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -34,7 +35,11 @@ h1{font-size:1.3rem;margin:0 0 .5rem}h2{font-size:1.1rem;margin:1.2rem 0 .4rem}\
 .top{display:flex;flex-wrap:wrap;gap:.4rem 1.2rem;margin-bottom:.5rem}\
 table{border-collapse:collapse;width:100%;background:#fff}td,th{padding:.35rem .5rem;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}\
 th{font-size:.8rem;color:#555}.wrap{overflow-x:auto}code{font-size:.9rem;white-space:nowrap}\
-.ready{color:#17663a}.cooling{color:#9a6400}.benched_invalid,.benched_quota,.disabled{color:#b3261e}small{color:#666}";
+.ready{color:#17663a}.cooling{color:#9a6400}.benched_invalid,.benched_quota,.disabled{color:#b3261e}small{color:#666}\
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(280px,1fr));gap:.6rem;margin:.4rem 0 .6rem}\
+.chart{margin:0;background:#fff;padding:.3rem .4rem;border:1px solid #ddd}.chart svg{width:100%;height:90px;display:block}\
+figcaption{font-size:.85rem}.key{white-space:nowrap;margin-left:.4rem}.key i{display:inline-block;width:.7rem;height:.7rem;margin-right:.2rem;vertical-align:-1px}\
+svg.spark{width:120px;height:24px}.win svg{width:100px;height:6px;display:block}";
 
 /// The page.
 pub fn render(proxy: &Proxy) -> String {
@@ -66,13 +71,61 @@ pub fn render(proxy: &Proxy) -> String {
             countdown(health.since.elapsed().unwrap_or_default())
         );
     }
+    let wall = SystemTime::now();
     for provider in proxy.providers().iter() {
         let (ids, sessions) = provider.affinity.sizes();
+        let history = &provider.usage.history;
+        let hour = history.hour(wall, |_| true);
+        let requests = charts::stacked(
+            "requests per minute",
+            "attempts",
+            &hour,
+            &[
+                Series {
+                    name: "ok",
+                    color: "#17663a",
+                    value: |m| m.ok,
+                },
+                Series {
+                    name: "429",
+                    color: "#b3261e",
+                    value: |m| m.limited,
+                },
+                Series {
+                    name: "other errors",
+                    color: "#9a6400",
+                    value: |m| m.errors,
+                },
+            ],
+        );
+        let tokens = charts::stacked(
+            "tokens per minute",
+            "tokens",
+            &hour,
+            &[
+                Series {
+                    name: "cached input",
+                    color: "#5b8def",
+                    value: |m| m.cached,
+                },
+                Series {
+                    name: "uncached input",
+                    color: "#1f3f8f",
+                    value: |m| m.input.saturating_sub(m.cached),
+                },
+                Series {
+                    name: "output",
+                    color: "#999",
+                    value: |m| m.output,
+                },
+            ],
+        );
         let _ = write!(
             out,
             "<h2>{} <small>{}</small></h2><div class=\"top\"><span>learned ids {ids}</span>\
-<span>live sessions {sessions}</span></div><div class=\"wrap\"><table><tr><th>#</th><th>key</th>\
-<th>state</th><th>cooldowns</th><th>no access</th><th>headroom</th><th>tokens in (cached) / out</th><th>attempts</th><th>ok</th><th>429</th><th>errors</th></tr>",
+<span>live sessions {sessions}</span></div><div class=\"charts\">{requests}{tokens}</div>\
+<div class=\"wrap\"><table><tr><th>#</th><th>key</th>\
+<th>state</th><th>last hour</th><th>limits</th><th>cooldowns</th><th>no access</th><th>headroom</th><th>tokens in (cached) / out</th><th>attempts</th><th>ok</th><th>429</th><th>errors</th></tr>",
             esc(&provider.name),
             esc(&provider.base_url)
         );
@@ -114,7 +167,20 @@ pub fn render(proxy: &Proxy) -> String {
                 format!("{} left{resets}", left.join(", "))
             });
             let no_access: Vec<String> = no_access_models(&snap).map(esc).collect();
-            let spent = provider.usage.of(provider.pool.key(index).id());
+            let key_id = provider.pool.key(index).id();
+            let spark = charts::sparkline(&history.hour(wall, |k| k == key_id));
+            let limits: String = provider
+                .limits
+                .usage(key_id, now, wall)
+                .iter()
+                .map(|(model, uses)| charts::windows(model, uses))
+                .collect();
+            let limits = if limits.is_empty() {
+                "-".to_string()
+            } else {
+                limits
+            };
+            let spent = provider.usage.of(key_id);
             let (input, cached, output) = spent.iter().fold((0, 0, 0), |(i, c, o), (_, s)| {
                 (i + s.tokens.input, c + s.tokens.cached, o + s.tokens.output)
             });
@@ -127,7 +193,7 @@ pub fn render(proxy: &Proxy) -> String {
             let errors = s.other_errors;
             let _ = write!(
                 out,
-                "<tr><td>{}</td><td><code>{}</code></td><td class=\"{state}\">{state}{frees}</td><td>{}</td>\
+                "<tr><td>{}</td><td><code>{}</code></td><td class=\"{state}\">{state}{frees}</td><td>{spark}</td><td>{limits}</td><td>{}</td>\
 <td>{}</td><td>{}</td><td>{tokens}</td><td>{}</td><td>{}</td><td>{}</td><td>{errors}{}</td></tr>",
                 index + 1,
                 esc(&snap.mask)

@@ -20,7 +20,7 @@ use crate::config::{NO_ACCESS_BENCH, QUOTA_BENCH, REJECTED_KEY_BENCH};
 use crate::error::{ProxyError, broken_stream_event};
 use crate::json;
 use crate::keys::affinity::{AnswerWatch, Dialect, Kind, Outcome, UPLOAD_PREFIX};
-use crate::keys::usage::{Metered, UsageMeter};
+use crate::keys::usage::{Metered, Tally, UsageMeter};
 use crate::keys::{ApiKey, AttemptClass, BenchReason, HeadroomReport};
 use crate::provider::Provider;
 use crate::proxy::Proxy;
@@ -133,7 +133,7 @@ pub(crate) fn try_round(
             sent_body,
             egress,
         )
-        .inspect_err(|_| pool.record(index, AttemptClass::Unreachable));
+        .inspect_err(|_| count(provider, index, model, AttemptClass::Unreachable));
         let mut response = match called {
             Ok(response) => response,
             Err(CallFailure::TimedOut) => {
@@ -180,7 +180,7 @@ pub(crate) fn try_round(
         match verdict(status, error_text, !round.ids.is_empty()) {
             // keyrelay never forwards an upgrade, so a switch of protocols is nonsense here.
             Verdict::Relay if status < 200 => {
-                pool.record(index, AttemptClass::ServerError);
+                count(provider, index, model, AttemptClass::ServerError);
                 let host = provider.host.clone();
                 return Ok(Served::error(
                     provider,
@@ -189,7 +189,7 @@ pub(crate) fn try_round(
                 ));
             }
             Verdict::Relay => {
-                pool.record(index, AttemptClass::Success);
+                count(provider, index, model, AttemptClass::Success);
                 if proxy.limits.headroom {
                     note_headroom(provider, index, model, response.headers());
                 }
@@ -225,7 +225,7 @@ pub(crate) fn try_round(
                 });
             }
             Verdict::RegionBlocked => {
-                pool.record(index, AttemptClass::Rejected);
+                count(provider, index, model, AttemptClass::Rejected);
                 warn_region_block(provider);
                 let answer = relay_answer(
                     provider,
@@ -239,7 +239,7 @@ pub(crate) fn try_round(
                 return Ok(Served { answer, by: None });
             }
             Verdict::NotOwned => {
-                pool.record(index, AttemptClass::NotOwned);
+                count(provider, index, model, AttemptClass::NotOwned);
                 round.not_owned_seen = true;
                 debug!(
                     "{} key={} answered {status}: its account has no such object; trying the next key",
@@ -267,7 +267,7 @@ pub(crate) fn try_round(
                     LastFailure::Answer(Box::new(save(provider, response, error_body)), key.mask());
             }
             Verdict::RateLimited => {
-                pool.record(index, AttemptClass::RateLimited);
+                count(provider, index, model, AttemptClass::RateLimited);
                 round.skipped = true;
                 if let Some(egress) = egress {
                     let entry = index % provider.egress.len();
@@ -316,7 +316,7 @@ pub(crate) fn try_round(
                     LastFailure::Answer(Box::new(save(provider, response, error_body)), key.mask());
             }
             Verdict::ServerError => {
-                pool.record(index, AttemptClass::ServerError);
+                count(provider, index, model, AttemptClass::ServerError);
                 debug!(
                     "{} key={} upstream answered {status}, trying the next key",
                     provider.name, key
@@ -332,6 +332,21 @@ pub(crate) fn try_round(
         return Err(LastFailure::RateLimited);
     }
     Err(last)
+}
+
+/// Counts one attempt with the key at `index`: its counters, and the last hour's history.
+fn count(provider: &Provider, index: usize, model: Option<&str>, class: AttemptClass) {
+    provider.pool.record(index, class);
+    let tally = match class {
+        AttemptClass::Success => Tally::Ok,
+        AttemptClass::RateLimited => Tally::Limited,
+        _ => Tally::Error,
+    };
+    let key = provider.pool.key(index).id();
+    provider
+        .usage
+        .history
+        .attempt(key, model, tally, SystemTime::now());
 }
 
 /// What a successful answer with the key at `index` teaches, before it is relayed: the

@@ -106,3 +106,85 @@ fn the_status_page_shows_every_key_with_its_countdown_and_no_full_key() {
             .starts_with("{\"status\":\"ok\"")
     );
 }
+
+#[test]
+#[ignore = "needs chromium: `bash .ci/run` installs it and runs the ignored tests too"]
+fn the_status_page_charts_the_last_hour_and_loads_nothing_from_outside() {
+    const LIMITED: &str = "sk-page-limited-00001";
+    let mock = Mock::start(|r| match r.key() {
+        LIMITED => Reply::json(429, "{}").header("retry-after", "900"),
+        _ => Reply::json(
+            200,
+            r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[],"usage":{"prompt_tokens":1000,"completion_tokens":50,"prompt_tokens_details":{"cached_tokens":800}}}"#,
+        ),
+    });
+    let proxy = proxy_to(&mock.url(), &[LIMITED, GOOD], &[])
+        .env("OPENAI_KEY_LIMITS", "gpt-4o=50/min")
+        .start();
+    let chat = crate::support::http::Req::post(
+        "/openai/v1/chat/completions",
+        br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    for _ in 0..5 {
+        assert_eq!(crate::support::http::send(proxy.port, &chat).status, 200);
+    }
+    let url = format!("http://127.0.0.1:{}/status", proxy.port);
+    let profile = TempDir::new();
+    let dom = headless(&profile.0, &["--dump-dom", &url]);
+    for chart in ["requests per minute", "tokens per minute"] {
+        assert!(
+            dom.contains(&format!("data-chart=\"{chart}\"")),
+            "{chart} missing: {dom}"
+        );
+    }
+    // The bars hold the traffic just sent (in one minute's bar, or two if a minute turned):
+    // 5 served, 1 answered 429 (the limited key, benched after its first), 5 x 800 cached
+    // input tokens.
+    let total = |series: &str| -> u64 {
+        let marker = format!("data-series=\"{series}\" data-value=\"");
+        dom.match_indices(&marker)
+            .map(|(at, _)| {
+                let rest = &dom[at + marker.len()..];
+                rest[..rest.find('"').unwrap()].parse::<u64>().unwrap()
+            })
+            .sum()
+    };
+    assert_eq!(total("ok"), 5, "{dom}");
+    assert_eq!(total("429"), 1, "{dom}");
+    assert_eq!(total("cached input"), 4000, "{dom}");
+    assert!(
+        dom.contains("data-attempts=\"5\""),
+        "the served key's sparkline: {dom}"
+    );
+    assert!(
+        dom.contains("data-limited=\"1\""),
+        "the limited key's sparkline: {dom}"
+    );
+    assert!(
+        dom.contains("data-window=\"50/min\" data-used=\"5\""),
+        "the limit window: {dom}"
+    );
+    // Self-contained: nothing loads from anywhere else.
+    for outside in [
+        "src=\"http",
+        "href=\"http",
+        "url(",
+        "<script",
+        "<link",
+        "@import",
+    ] {
+        assert!(!dom.contains(outside), "{outside} in the page");
+    }
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page-charts.png");
+    let _ = std::fs::remove_file(&shot);
+    headless(
+        &profile.0,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=412,1400",
+            &url,
+        ],
+    );
+    assert!(std::fs::metadata(&shot).map_or(0, |m| m.len()) > 1000);
+    eprintln!("screenshot: {}", shot.display());
+}

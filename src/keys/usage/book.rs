@@ -30,6 +30,8 @@ pub struct UsageBook {
     spent: Mutex<HashMap<u64, HashMap<String, Spent>>>,
     /// Bumped on every record (for STATE_FILE).
     generation: AtomicU64,
+    /// The last hour, minute by minute, for the status page's charts.
+    pub history: super::history::History,
 }
 
 impl UsageBook {

@@ -2,6 +2,7 @@
 //! counted per key and model (book.rs).
 
 mod book;
+mod history;
 mod meter;
 mod tokens;
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use super::limits::Limiter;
 
 pub use book::{MAX_MODELS, OTHER, Spent, UsageBook};
+pub use history::{History, MINUTES, Minute, Tally};
 pub use meter::UsageMeter;
 pub use tokens::Tokens;
 
@@ -50,6 +52,9 @@ impl Metered {
         let tokens = self.meter.finish()?;
         let model = self.model.as_deref();
         self.book.record(self.key, model, tokens);
+        self.book
+            .history
+            .tokens(self.key, model, tokens, std::time::SystemTime::now());
         self.limits
             .spent(self.key, model, tokens.total(), std::time::Instant::now());
         Some(tokens)
