@@ -181,6 +181,7 @@ fn attach_all(providers: &[Provider], journal: Option<&Arc<dyn Journal>>) {
     for provider in providers {
         let attached = Attached::new(&provider.name, Arc::clone(journal));
         provider.pool.attach(attached.clone());
+        provider.limits.attach(attached.clone());
         provider.affinity.attach(attached);
     }
 }

@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::pool::BenchReason;
 
@@ -34,6 +34,28 @@ pub enum Change {
     Forgot { ids: Vec<String> },
     /// The key served a turn of this conversation.
     Session { key: u64, conversation: u64 },
+    /// An answer for `model` with the key spent these tokens (for token limits).
+    Spent {
+        key: u64,
+        model: String,
+        tokens: u64,
+        at: SystemTime,
+    },
+}
+
+/// One request asking to pass a key's limits for a model, counted where every instance sees
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission<'a> {
+    pub key: u64,
+    pub model: &'a str,
+    /// Requests in a sliding minute, requests per day, tokens in a sliding minute (0: none).
+    pub per_minute: u64,
+    pub per_day: u64,
+    pub tokens_per_minute: u64,
+    pub now: SystemTime,
+    /// When the day counted ends.
+    pub day_ends: SystemTime,
 }
 
 /// Where changes go, and where an object nobody here has seen can be looked up.
@@ -48,6 +70,10 @@ pub trait Journal: Send + Sync {
     /// The owners of `ids` that the shared store knows (a round trip with a short timeout;
     /// nothing while it is away).
     fn owners(&self, provider: &str, ids: &[String]) -> Vec<(String, u64)>;
+
+    /// Counts a request against limits shared by every instance (one round trip): `Ok` when
+    /// it fits, `Err(wait)` when not; `None` when the store cannot say now (count locally).
+    fn admit(&self, provider: &str, admission: &Admission) -> Option<Result<(), Duration>>;
 }
 
 /// A journal attached to one provider's state.
@@ -80,6 +106,11 @@ impl Attached {
     /// See [`Journal::owners`].
     pub fn owners(&self, ids: &[String]) -> Vec<(String, u64)> {
         self.journal.owners(&self.provider, ids)
+    }
+
+    /// See [`Journal::admit`].
+    pub fn admit(&self, admission: &Admission) -> Option<Result<(), Duration>> {
+        self.journal.admit(&self.provider, admission)
     }
 }
 

@@ -374,3 +374,29 @@ fn an_instance_that_restarts_with_an_old_state_file_does_not_undo_the_others() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(key_state(b.port, 1), "ready");
 }
+
+#[test]
+#[ignore = "needs redis-server: `bash .ci/run` installs it and runs the ignored tests too"]
+fn two_instances_together_stay_within_a_keys_limit() {
+    let redis = Redis::start();
+    let mock = Mock::ok();
+    let limited = |redis: &Redis| {
+        let proxy = proxy_to(&mock.url(), &[K1], &[])
+            .env("SHARED_STATE_URL", &redis.url())
+            .env("OPENAI_KEY_LIMITS", "*=2/min")
+            .start();
+        assert!(wait_until(Duration::from_secs(10), || shared_up(
+            proxy.port
+        )));
+        proxy
+    };
+    let (a, b) = (limited(&redis), limited(&redis));
+    assert_eq!(chat(a.port).status, 200);
+    assert_eq!(chat(b.port).status, 200);
+    // Each instance has counted one; together they have used the key's two.
+    let third = chat(b.port);
+    assert_eq!(third.status, 429, "{}", third.text());
+    assert!((1..=60).contains(&third.retry_after()));
+    assert_eq!(chat(a.port).status, 429);
+    assert_eq!(mock.count(), 2, "the upstream saw two requests");
+}

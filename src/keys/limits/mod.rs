@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use rules::{Limit, Rule, Rules};
 
+use crate::keys::journal::{Admission, Attached, Change, JournalSlot};
 use crate::utc::next_pacific_midnight;
 
 /// The sliding window of the per-minute limits.
@@ -135,6 +136,8 @@ pub struct Limiter {
     rules: RwLock<Rules>,
     days: Days,
     windows: Mutex<HashMap<(u64, String), Window>>,
+    /// Where counts are shared with other instances (SHARED_STATE_URL), once attached.
+    journal: JournalSlot,
 }
 
 impl Limiter {
@@ -144,7 +147,14 @@ impl Limiter {
             rules: RwLock::new(rules),
             days,
             windows: Mutex::new(HashMap::new()),
+            journal: JournalSlot::new(),
         }
+    }
+
+    /// Counts requests and tokens where every instance sees them from now on (this instance
+    /// counts alone whenever the store cannot answer).
+    pub fn attach(&self, journal: Attached) {
+        let _ = self.journal.set(journal);
     }
 
     /// Takes new rules (a reload); the counts so far stay.
@@ -187,6 +197,28 @@ impl Limiter {
             return Ok(());
         }
         let day = self.days.end_of_day(wall);
+        let shared = self.journal.get().and_then(|journal| {
+            let kind =
+                |f: fn(&Limit) -> Option<u64>| limits.iter().filter_map(f).min().unwrap_or(0);
+            journal.admit(&Admission {
+                key,
+                model,
+                per_minute: kind(|l| match l {
+                    Limit::PerMinute(n) => Some(*n),
+                    _ => None,
+                }),
+                per_day: kind(|l| match l {
+                    Limit::PerDay(n) => Some(*n),
+                    _ => None,
+                }),
+                tokens_per_minute: kind(|l| match l {
+                    Limit::TokensPerMinute(n) => Some(*n),
+                    _ => None,
+                }),
+                now: wall,
+                day_ends: day,
+            })
+        });
         let mut windows = self.lock();
         if windows.len() >= MAX_WINDOWS {
             windows.retain(|_, w| {
@@ -196,11 +228,17 @@ impl Limiter {
         }
         let window = windows.entry((key, model.to_string())).or_default();
         window.forget_old(now, day);
-        let wait = limits
-            .iter()
-            .map(|limit| window.wait(*limit, now, wall).0)
-            .max()
-            .unwrap_or(Duration::ZERO);
+        // The shared count is the word when there is one (this instance's windows then only
+        // mirror its own share, for /status); else this instance counts alone.
+        let wait = match shared {
+            Some(Err(wait)) => wait,
+            Some(Ok(())) => Duration::ZERO,
+            None => limits
+                .iter()
+                .map(|limit| window.wait(*limit, now, wall).0)
+                .max()
+                .unwrap_or(Duration::ZERO),
+        };
         if !wait.is_zero() {
             return Err(wait);
         }
@@ -241,6 +279,14 @@ impl Limiter {
         }
         if let Some(window) = self.lock().get_mut(&(key, model.to_string())) {
             window.tokens.push_back((now, tokens));
+        }
+        if let Some(journal) = self.journal.get() {
+            journal.record(Change::Spent {
+                key,
+                model: model.to_string(),
+                tokens,
+                at: SystemTime::now(),
+            });
         }
     }
 

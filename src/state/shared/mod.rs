@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use log::warn;
 
 use crate::config::SharedSettings;
-use crate::keys::journal::{Change, Journal};
+use crate::keys::journal::{Admission, Change, Journal};
 use crate::proxy::{Health, Proxy, SharedStatus};
 use link::{REQUEST_TIMEOUT, RequestLinks};
 use wire::{Names, Write};
@@ -50,6 +50,8 @@ pub struct SharedState {
     links: RequestLinks,
     /// Unix seconds of the last "store away" warning.
     warned: AtomicU64,
+    /// Admissions made, for unique members of the shared minute windows.
+    admissions: AtomicU64,
 }
 
 impl SharedState {
@@ -74,6 +76,7 @@ impl SharedState {
             overflowed: AtomicBool::new(false),
             links: RequestLinks::default(),
             warned: AtomicU64::new(0),
+            admissions: AtomicU64::new(0),
         });
         proxy.attach_journal(Arc::clone(&shared) as Arc<dyn Journal>);
         let _ = proxy
@@ -202,7 +205,56 @@ impl Journal for SharedState {
             Some(Err(_)) | None => Vec::new(),
         }
     }
+
+    fn admit(&self, provider: &str, admission: &Admission) -> Option<Result<(), Duration>> {
+        if !self.up.load(Ordering::Relaxed) || !wire::plain(admission.model) {
+            return None;
+        }
+        let names = &self.names;
+        let (key, model) = (admission.key, admission.model);
+        let day_secs = admission
+            .day_ends
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let now_ms = admission
+            .now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let day_left = admission
+            .day_ends
+            .duration_since(admission.now)
+            .map_or(0, |d| d.as_millis() as u64);
+        let member = format!(
+            "{}-{}",
+            self.instance,
+            self.admissions.fetch_add(1, Ordering::Relaxed)
+        );
+        let answer = self.links.with(&self.client, |connection| {
+            redis::cmd("EVAL")
+                .arg(LIMITS_SCRIPT)
+                .arg(3)
+                .arg(names.limit_key(provider, key, model, "m"))
+                .arg(names.limit_key(provider, key, model, &format!("d{day_secs}")))
+                .arg(names.limit_key(provider, key, model, "t"))
+                .arg(now_ms)
+                .arg(admission.per_minute)
+                .arg(admission.per_day)
+                .arg(admission.tokens_per_minute)
+                .arg(day_left)
+                .arg(member)
+                .query::<u64>(connection)
+        });
+        match answer {
+            Some(Ok(0)) => Some(Ok(())),
+            Some(Ok(ms)) => Some(Err(Duration::from_millis(ms))),
+            // No answer in time: this instance counts alone for this request.
+            Some(Err(_)) | None => None,
+        }
+    }
 }
+
+/// The script that checks and counts one request against shared limits (limits.lua).
+const LIMITS_SCRIPT: &str = include_str!("limits.lua");
 
 /// A store error as words that never hold the URL (it can carry a password).
 fn describe(err: &redis::RedisError) -> String {

@@ -36,6 +36,22 @@ pub fn send(
                 Write::Delete(key) => {
                     pipe.cmd("DEL").arg(key).ignore();
                 }
+                Write::Add {
+                    key,
+                    score_ms,
+                    member,
+                    ttl,
+                } => {
+                    pipe.cmd("ZADD")
+                        .arg(key)
+                        .arg(*score_ms)
+                        .arg(member)
+                        .ignore();
+                    pipe.cmd("PEXPIRE")
+                        .arg(key)
+                        .arg(ttl.as_millis() as u64)
+                        .ignore();
+                }
             }
         }
         pipe.exec(connection)?;
@@ -215,6 +231,7 @@ pub fn apply(proxy: &Proxy, provider: &str, change: Change) -> bool {
         Change::Session { key, conversation } => {
             affinity.session_from_peer(conversation, key, now);
         }
+        Change::Spent { .. } => return false,
     }
     true
 }

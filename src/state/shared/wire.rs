@@ -33,6 +33,13 @@ pub enum Write {
     Set(Fact),
     /// Delete a key.
     Delete(String),
+    /// Add a member to a sorted set, scored by time (the tokens of a sliding minute).
+    Add {
+        key: String,
+        score_ms: u64,
+        member: String,
+        ttl: Duration,
+    },
 }
 
 /// The names under one prefix.
@@ -52,7 +59,7 @@ fn unix_ms(at: SystemTime) -> u64 {
 
 /// Whether a model name or id can travel in a Redis key and an event line as it is (no white
 /// space or control characters; the model is always the last field).
-fn plain(text: &str) -> bool {
+pub fn plain(text: &str) -> bool {
     !text.is_empty() && text.len() <= 256 && !text.bytes().any(|b| b <= b' ' || b == 0x7f)
 }
 
@@ -146,12 +153,35 @@ impl Names {
                 .iter()
                 .map(|id| Write::Delete(format!("{p}:i:{provider}:{id}")))
                 .collect(),
+            Change::Spent {
+                key,
+                model,
+                tokens,
+                at,
+            } => {
+                if !plain(model) {
+                    return Vec::new();
+                }
+                let ms = unix_ms(*at);
+                vec![Write::Add {
+                    key: self.limit_key(provider, *key, model, "t"),
+                    score_ms: ms,
+                    member: format!("{ms}{:04}:{tokens}", ms % 10_000),
+                    ttl: Duration::from_secs(60),
+                }]
+            }
             Change::Session { key, conversation } => vec![Write::Set(Fact {
                 key: format!("{p}:s:{provider}:{}", hex(*conversation)),
                 value: hex(*key),
                 ttl: Some(session_ttl),
             })],
         }
+    }
+
+    /// The Redis key of one key's count of one kind (`m` requests in the minute, `t` tokens
+    /// in the minute, `d<end>` requests of the day ending then) for `model`.
+    pub fn limit_key(&self, provider: &str, key: u64, model: &str, kind: &str) -> String {
+        format!("{}:l:{provider}:{}:{model}:{kind}", self.prefix, hex(key))
     }
 
     /// The Redis key of an object id.
@@ -255,6 +285,8 @@ pub fn event_line(instance: &str, provider: &str, change: &Change) -> Option<Str
         Change::Session { key, conversation } => {
             format!("session {} {}", hex(*key), hex(*conversation))
         }
+        // Counts live in the store only: nothing for the other instances' memory.
+        Change::Spent { .. } => return None,
     };
     plain(provider).then(|| format!("{instance} {provider} {body}"))
 }
