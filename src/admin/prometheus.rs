@@ -62,11 +62,12 @@ pub(super) fn metrics(proxy: &Proxy) -> String {
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP keyrelay_affinity_total Affinity events, by provider, kind (resource: an object's owner; session: a conversation's key) and outcome."
+    family(
+        &mut out,
+        "keyrelay_affinity_total",
+        "counter",
+        "Affinity events, by provider, kind (resource: an object's owner; session: a conversation's key) and outcome.",
     );
-    let _ = writeln!(out, "# TYPE keyrelay_affinity_total counter");
     for provider in proxy.providers().iter() {
         for (kind, outcome, count) in provider.affinity.counts() {
             let _ = writeln!(
@@ -78,11 +79,12 @@ pub(super) fn metrics(proxy: &Proxy) -> String {
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP keyrelay_affinity_entries Learned object ids and live conversations, by provider."
+    family(
+        &mut out,
+        "keyrelay_affinity_entries",
+        "gauge",
+        "Learned object ids and live conversations, by provider.",
     );
-    let _ = writeln!(out, "# TYPE keyrelay_affinity_entries gauge");
     for provider in proxy.providers().iter() {
         let (ids, sessions) = provider.affinity.sizes();
         for (table, n) in [("ids", ids), ("sessions", sessions)] {
@@ -94,11 +96,12 @@ pub(super) fn metrics(proxy: &Proxy) -> String {
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP keyrelay_tokens_total Tokens the upstream reported, by provider, key (masked), model and kind (input includes cached; output includes reasoning)."
+    family(
+        &mut out,
+        "keyrelay_tokens_total",
+        "counter",
+        "Tokens the upstream reported, by provider, key (masked), model and kind (input includes cached; output includes reasoning).",
     );
-    let _ = writeln!(out, "# TYPE keyrelay_tokens_total counter");
     for provider in proxy.providers().iter() {
         for key in provider.pool.keys() {
             for (model, spent) in provider.usage.of(key.id()) {
@@ -201,6 +204,12 @@ fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
     };
     let _ = writeln!(out, "{name}_sum{labels} {}", h.sum);
     let _ = writeln!(out, "{name}_count{labels} {}", h.count);
+}
+
+/// Appends the HELP and TYPE lines of a metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 /// Appends one unlabelled gauge with its HELP and TYPE lines.

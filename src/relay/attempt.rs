@@ -264,16 +264,8 @@ fn attempt_owner(
             not_owned_seen: false,
             skipped: false,
         };
-        let (upstream, body, model) = (request.upstream, request.body, request.model);
-        match try_round(
-            proxy,
-            provider,
-            upstream,
-            body,
-            model,
-            &mut round,
-            &mut attempts,
-        ) {
+        let model = request.model;
+        match try_round(proxy, provider, request, &mut round, &mut attempts) {
             Ok(served) => {
                 if served.by.is_some() {
                     provider.affinity.count(Kind::Resource, Outcome::Hit);
@@ -359,7 +351,7 @@ fn rotate(
     let pool = &provider.pool;
     let deadline = Instant::now() + proxy.limits.wait_for_key;
     let mut attempts = 0;
-    let (upstream, body, model) = (request.upstream, request.body, request.model);
+    let model = request.model;
     loop {
         let ticket = pool.ticket();
         let mut order = Vec::with_capacity(pool.len());
@@ -376,15 +368,7 @@ fn rotate(
             skipped: false,
         };
         let asked_nobody = round.order.is_empty();
-        let last = match try_round(
-            proxy,
-            provider,
-            upstream,
-            body,
-            model,
-            &mut round,
-            &mut attempts,
-        ) {
+        let last = match try_round(proxy, provider, request, &mut round, &mut attempts) {
             Ok(served) => {
                 let pin = served
                     .by

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use log::{debug, info, warn};
 use ureq::http::{HeaderMap, Method};
 
-use super::attempt::UpstreamRequest;
+use super::attempt::{Request, UpstreamRequest};
 use super::headroom::Headroom;
 use super::outcome::{MAX_COOLDOWN, Verdict, cooldown_of, needs_body, verdict};
 use super::redact::{read_small, redact_location, redact_saved};
@@ -85,12 +85,11 @@ impl Served {
 pub(crate) fn try_round(
     proxy: &Proxy,
     provider: &Provider,
-    upstream: &UpstreamRequest,
-    body: &[u8],
-    model: Option<&str>,
+    request: &Request,
     round: &mut Round,
     attempts: &mut u32,
 ) -> Result<Served, LastFailure> {
+    let (upstream, body, model) = (request.upstream, request.body, request.model);
     let pool = &provider.pool;
     let mut last = LastFailure::RateLimited;
     // Keys whose failure may be about the request rather than the key: benched only if another

@@ -14,6 +14,18 @@ pub const MAX_MODELS: usize = 64;
 /// The model name under which overflow and model-less requests are counted.
 pub const OTHER: &str = "-";
 
+/// The name a model is counted under: itself, or [`OTHER`] for a request without one and for
+/// a new model once `MAX_MODELS` are counted (`known` says whether it already is, `counted` how
+/// many are).
+pub fn slot(model: Option<&str>, known: impl Fn(&str) -> bool, counted: usize) -> &str {
+    let model = model.unwrap_or(OTHER);
+    if known(model) || counted < MAX_MODELS {
+        model
+    } else {
+        OTHER
+    }
+}
+
 /// What one key spent on one model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Spent {
@@ -49,13 +61,9 @@ impl UsageBook {
     pub fn add(&self, key: u64, model: Option<&str>, answers: u64, tokens: Tokens) {
         let mut spent = self.lock();
         let models = spent.entry(key).or_default();
-        let model = model.unwrap_or(OTHER);
-        let name = if models.contains_key(model) || models.len() < MAX_MODELS {
-            model
-        } else {
-            OTHER
-        };
-        let entry = models.entry(name.to_string()).or_default();
+        let entry = models
+            .entry(slot(model, |m| models.contains_key(m), models.len()).to_string())
+            .or_default();
         entry.answers += answers;
         entry.tokens.input += tokens.input;
         entry.tokens.cached += tokens.cached;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::book::{MAX_MODELS, OTHER};
+use super::book::slot;
 use super::tokens::Tokens;
 
 /// Minutes kept.
@@ -59,15 +59,8 @@ impl History {
         let at = minute_of(wall);
         let mut rings = self.lock();
         let models = rings.entry(key).or_default();
-        let model = model.unwrap_or(OTHER);
-        let name = if models.contains_key(model) || models.len() < MAX_MODELS {
-            model
-        } else {
-            OTHER
-        };
-        let ring = models
-            .entry(name.to_string())
-            .or_insert([Minute::default(); MINUTES]);
+        let name = slot(model, |m| models.contains_key(m), models.len()).to_string();
+        let ring = models.entry(name).or_insert([Minute::default(); MINUTES]);
         let bucket = &mut ring[(at % MINUTES as u64) as usize];
         if bucket.at != at {
             *bucket = Minute {
