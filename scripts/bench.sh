@@ -29,6 +29,11 @@
 #       prefixes per key, SESSION_AFFINITY on and off) and scripts/bench/affinity_c64.sh (wrk
 #       -c64, interleaved rounds: keyrelay before affinity (40929c8, built in its own worktree),
 #       now with SESSION_AFFINITY=on and off); printed after the peers. Both also run standalone.
+#   (10) only with BENCH_SHARED=1 (issue 20, shared state through Redis):
+#       scripts/bench/shared_state.sh (with scripts/bench/shared_state.py): bench-to-honour
+#       latency from one instance to another (disable, 429), wrk -c64 with SHARED_STATE_URL
+#       against without (interleaved rounds; Redis's PUBLISH, commands and CPU per request), and
+#       the upstream 429s a key costs with 3 instances on one Redis; printed last. Also standalone.
 # (1) and (2) run 3 rounds (direct, nginx, keyrelay, keyrelay musl interleaved); each figure is
 # the median. Ratio lines under the table: musl/glibc rps, peak RSS and p99 (c64 and the
 # streams), glibc/nginx rps, keyrelay/peer rps, and whether keyrelay's p99 and RSS are lower.
@@ -48,8 +53,9 @@
 #        BENCH_QUICK=1 scripts/bench.sh    smoke run: 3 s wrk, 1 round, 200 streams, 256 MiB bulk,
 #                                          2,000 idle connections
 # Other knobs: BENCH_PEERS (default 1; 0 skips the peers, the table says so), BENCH_PEER_ROUNDS
-# (default 1), BENCH_AFFINITY (default 0; 1 adds (9)), BENCH_PORT_BASE (default 18100; ports +1..+13
-# are used, +14..+16 by (9)), BENCH_NGINX_WORKERS
+# (default 1), BENCH_AFFINITY (default 0; 1 adds (9)), BENCH_SHARED (default 0; 1 adds (10)),
+# BENCH_PORT_BASE (default 18100; ports +1..+13 are used, +14..+16 by (9), +17..+19 by (10)),
+# BENCH_NGINX_WORKERS
 # (worker_processes of both nginx instances, default auto = one per CPU), BENCH_WORKERS
 # (keyrelay's WORKERS for (1)-(3), (5)-(7); default unset = keyrelay's default),
 # BENCH_STREAM_WORKERS (keyrelay's WORKERS for (4); default unset = keyrelay's default),
@@ -80,6 +86,7 @@ QUIET_WAIT=${BENCH_QUIET_WAIT:-$((QUICK == 1 ? 0 : 60))}
 KR_WORKERS=${BENCH_WORKERS:-}
 PEERS=${BENCH_PEERS:-1}
 AFFINITY=${BENCH_AFFINITY:-0}
+SHARED_BENCH=${BENCH_SHARED:-0}
 PEER_ROUNDS=${BENCH_PEER_ROUNDS:-1}
 STREAM_WORKERS=${BENCH_STREAM_WORKERS:-} # each stream holds a keyrelay worker for its whole life
 IDLE_MAX_CONNECTIONS=20000 IDLE_NOFILE=30000 # (7)'s keyrelay
@@ -111,6 +118,8 @@ source "$ROOT/scripts/bench/peers.sh" # LiteLLM and Portkey: install, start, mea
 source "$ROOT/scripts/bench/allocs.sh" # (8) heap allocations per request, valgrind DHAT
 # shellcheck source=scripts/bench/affinity_c64.sh
 source "$ROOT/scripts/bench/affinity_c64.sh" # (9) session affinity: prompt cache, wrk A/B
+# shellcheck source=scripts/bench/shared_state.sh
+source "$ROOT/scripts/bench/shared_state.sh" # (10) shared state: honour latency, wrk A/B, 429 cost
 
 # ---------------------------------------------------------------------------------------------
 # Processes and clean-up
@@ -265,6 +274,7 @@ check_ports() {
   local ports=("$P_UP" "$P_NGX" "$P_KR" "$P_SSE" "$P_NGX_SSE" "$P_KR_SSE" "$P_START" "$P_IDLE" "$P_KRM" "$P_KRM_SSE" "$P_ALLOC")
   [[ $PEERS == 0 ]] || ports+=("$P_LITELLM" "$P_PORTKEY")
   [[ $AFFINITY == 0 ]] || read -r -a ports <<<"${ports[*]} $(aff_ports)"
+  [[ $SHARED_BENCH == 0 ]] || read -r -a ports <<<"${ports[*]} $(ss_ports)"
   for p in "${ports[@]}"; do
     port_free "$p" || die "port $p is in use (set BENCH_PORT_BASE)"
   done
@@ -951,6 +961,7 @@ main() {
   INSTALL_S=$((SECONDS - started))
   build
   [[ $AFFINITY == 0 ]] || affinity_build
+  [[ $SHARED_BENCH == 0 ]] || shared_build
   write_wrk_script "$TMP/post.lua" "$BODY" "Authorization: Bearer sk-client-placeholder"
   write_upstream_conf
   write_proxy_conf
@@ -1005,6 +1016,7 @@ main() {
   idle_test
   alloc_test
   [[ $AFFINITY == 0 ]] || affinity_section
+  [[ $SHARED_BENCH == 0 ]] || shared_section
   measure_peers
   BUSY_AFTER=$(cpu_busy_pct 1)
 
@@ -1013,10 +1025,18 @@ main() {
   lines=$(cat "$TMP"/keyrelay*/stderr.log | wc -l)
   ((lines == 0)) || log "keyrelay wrote $lines line(s) to stderr at LOG_LEVEL=warn; see $RAW/keyrelay*-stderr.log"
 
-  { print_table && if [[ $AFFINITY != 0 ]]; then print_affinity_section; fi; } | tee "$OUT/last.txt"
+  {
+    print_table
+    if [[ $AFFINITY != 0 ]]; then print_affinity_section; fi
+    if [[ $SHARED_BENCH != 0 ]]; then
+      echo
+      print_shared_section
+    fi
+  } | tee "$OUT/last.txt"
   echo "total time $(elapsed_s) s, of which building ${BUILD_S} s, installing peers ${INSTALL_S} s" | tee -a "$OUT/last.txt"
 }
 
-# Run when executed, not when sourced (scripts/bench/affinity_c64.sh sources it for its pieces).
+# Run when executed, not when sourced (scripts/bench/affinity_c64.sh and shared_state.sh source it
+# for their pieces).
 # bash -c 'source scripts/bench.sh; ...' also sees one BASH_SOURCE element, but there $0 is bash.
 if [[ ${BASH_SOURCE[0]} == "$0" && ${#BASH_SOURCE[@]} == 1 ]]; then main "$@"; fi
