@@ -333,7 +333,7 @@ impl KeyPool {
             .collect();
         self.reset_from_peer(index);
         if let Some(journal) = self.journal.get() {
-            journal.record(Change::Reset {
+            journal.record_now(Change::Reset {
                 key: self.keys[index].id(),
                 models,
             });
@@ -355,7 +355,7 @@ impl KeyPool {
         self.set_disabled_from_peer(index, disabled);
         if let Some(journal) = self.journal.get() {
             let key = self.keys[index].id();
-            journal.record(Change::Disabled { key, disabled });
+            journal.record_now(Change::Disabled { key, disabled });
         }
     }
 
@@ -370,9 +370,10 @@ impl KeyPool {
         let in_force = self.bench_from_peer(index, model, until, reason);
         if let (Some(journal), Some(bench)) = (self.journal.get(), in_force) {
             // What is in force (a longer bench already there wins), so a short cooldown never
-            // overwrites a long bench elsewhere.
+            // overwrites a long bench elsewhere. Written before the request goes on to the
+            // next key: another instance's next request must not pay for the same 429.
             let now = Instant::now();
-            journal.record(Change::Bench {
+            journal.record_now(Change::Bench {
                 key: self.keys[index].id(),
                 model: bench.model,
                 until: std::time::SystemTime::now() + bench.until.saturating_duration_since(now),

@@ -77,7 +77,7 @@ pub fn conversation<'a>(
             _ => {}
         }
     }
-    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut hash = Fnv::default();
     let mut field = |bytes: &[u8]| {
         hash.update(&(bytes.len() as u64).to_le_bytes());
         hash.update(bytes);
@@ -87,7 +87,7 @@ pub fn conversation<'a>(
         field(hint);
         let continuing = turns.is_some_and(|t| holds_an_answer(t).1);
         return Some(Conversation {
-            key: first_u64(hash.finish()),
+            key: hash.0,
             explicit: true,
             continuing,
         });
@@ -105,7 +105,7 @@ pub fn conversation<'a>(
     };
     field(first);
     Some(Conversation {
-        key: first_u64(hash.finish()),
+        key: hash.0,
         explicit: false,
         continuing,
     })
@@ -130,10 +130,23 @@ fn holds_an_answer(turns: &[u8]) -> (Option<&[u8]>, bool) {
     (Some(first), continuing)
 }
 
-fn first_u64(digest: ring::digest::Digest) -> u64 {
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest.as_ref()[..8]);
-    u64::from_be_bytes(first)
+/// FNV-1a, 64 bits: a hash the same in every process, instance and version (the table is
+/// shared through Redis), cheap for a few hundred bytes, and not a secret.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn update(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 #[cfg(test)]

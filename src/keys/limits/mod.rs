@@ -6,6 +6,7 @@
 mod rules;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -134,6 +135,8 @@ pub struct WindowUse {
 #[derive(Debug)]
 pub struct Limiter {
     rules: RwLock<Rules>,
+    /// Whether any rule is set: without one, a request costs one atomic load here.
+    any: AtomicBool,
     days: Days,
     windows: Mutex<HashMap<(u64, String), Window>>,
     /// Where counts are shared with other instances (SHARED_STATE_URL), once attached.
@@ -144,6 +147,7 @@ impl Limiter {
     /// Limits `rules`, with days as `days` says.
     pub fn new(rules: Rules, days: Days) -> Limiter {
         Limiter {
+            any: AtomicBool::new(!rules.is_empty()),
             rules: RwLock::new(rules),
             days,
             windows: Mutex::new(HashMap::new()),
@@ -159,15 +163,13 @@ impl Limiter {
 
     /// Takes new rules (a reload); the counts so far stay.
     pub fn set_rules(&self, rules: Rules) {
+        self.any.store(!rules.is_empty(), Ordering::Relaxed);
         *self.rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
     }
 
     /// Whether there are any rules.
     pub fn is_empty(&self) -> bool {
-        self.rules
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+        !self.any.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<(u64, String), Window>> {
@@ -175,6 +177,9 @@ impl Limiter {
     }
 
     fn limits(&self, model: &str) -> Vec<Limit> {
+        if self.is_empty() {
+            return Vec::new();
+        }
         self.rules
             .read()
             .unwrap_or_else(|p| p.into_inner())

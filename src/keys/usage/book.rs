@@ -61,9 +61,13 @@ impl UsageBook {
     pub fn add(&self, key: u64, model: Option<&str>, answers: u64, tokens: Tokens) {
         let mut spent = self.lock();
         let models = spent.entry(key).or_default();
-        let entry = models
-            .entry(slot(model, |m| models.contains_key(m), models.len()).to_string())
-            .or_default();
+        let name = slot(model, |m| models.contains_key(m), models.len());
+        if !models.contains_key(name) {
+            models.insert(name.to_string(), Spent::default());
+        }
+        let Some(entry) = models.get_mut(name) else {
+            return;
+        };
         entry.answers += answers;
         entry.tokens.input += tokens.input;
         entry.tokens.cached += tokens.cached;

@@ -59,8 +59,14 @@ impl History {
         let at = minute_of(wall);
         let mut rings = self.lock();
         let models = rings.entry(key).or_default();
-        let name = slot(model, |m| models.contains_key(m), models.len()).to_string();
-        let ring = models.entry(name).or_insert([Minute::default(); MINUTES]);
+        let name = slot(model, |m| models.contains_key(m), models.len());
+        // Looked up by name first: the common case allocates nothing.
+        if !models.contains_key(name) {
+            models.insert(name.to_string(), [Minute::default(); MINUTES]);
+        }
+        let Some(ring) = models.get_mut(name) else {
+            return;
+        };
         let bucket = &mut ring[(at % MINUTES as u64) as usize];
         if bucket.at != at {
             *bucket = Minute {
