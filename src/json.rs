@@ -214,11 +214,16 @@ pub fn looks_like_json(body: &[u8]) -> bool {
 /// The whole-number values of fields named `name`, anywhere in `body`, in order (a scan, as
 /// [`string_fields`]; `null` and fractions are skipped).
 pub fn number_fields(body: &[u8], name: &str) -> Vec<u64> {
-    let needle = format!("\"{name}\"");
     let mut found = Vec::new();
     let mut rest = body;
-    while let Some(at) = find(rest, needle.as_bytes()) {
-        rest = &rest[at + needle.len()..];
+    // From quote to quote: the name between two, then a colon.
+    while let Some(at) = rest.iter().position(|&b| b == b'"') {
+        rest = &rest[at + 1..];
+        let named = rest.starts_with(name.as_bytes()) && rest.get(name.len()) == Some(&b'"');
+        if !named {
+            continue;
+        }
+        rest = &rest[name.len() + 1..];
         let mut i = skip_space(rest, 0);
         if rest.get(i) != Some(&b':') {
             continue;

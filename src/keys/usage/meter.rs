@@ -21,8 +21,10 @@ pub struct UsageMeter {
     /// The snippet being copied, until its object closes: the brace depth reached (0 before
     /// its first brace), and whether the copy is inside a string.
     open: Option<Open>,
-    /// The end of the previous piece, in case the needle straddles two reads.
-    carry: Vec<u8>,
+    /// The end of the previous piece, in case the needle straddles two reads (its length in
+    /// `carried`): a fixed array, so a read costs no allocation.
+    carry: [u8; NEEDLE.len() - 1],
+    carried: usize,
 }
 
 #[derive(Default)]
@@ -70,7 +72,8 @@ impl UsageMeter {
             dialect,
             snippets: Vec::new(),
             open: None,
-            carry: Vec::new(),
+            carry: [0; NEEDLE.len() - 1],
+            carried: 0,
         }
     }
 
@@ -78,17 +81,19 @@ impl UsageMeter {
     pub fn see(&mut self, bytes: &[u8]) {
         let mut at = 0;
         // A needle split between the last piece and this one: it starts in `carry`.
-        if self.open.is_none() && !self.carry.is_empty() {
-            let head = &bytes[..bytes.len().min(NEEDLE.len() - 1)];
-            let joined = [self.carry.as_slice(), head].concat();
-            let straddling = (0..self.carry.len()).find(|&pos| joined[pos..].starts_with(NEEDLE));
+        if self.open.is_none() && self.carried > 0 {
+            let carried = &self.carry[..self.carried];
+            let straddling = (0..carried.len()).find(|&pos| {
+                let (in_carry, rest) = NEEDLE.split_at(carried.len() - pos);
+                carried[pos..] == *in_carry && bytes.starts_with(rest)
+            });
             if let Some(pos) = straddling {
                 // Its first part is in `carry`; the copy goes on from this piece's start.
-                let from_carry = self.carry.len() - pos;
+                let from_carry = self.carried - pos;
                 self.start(&NEEDLE[..from_carry]);
             }
         }
-        self.carry.clear();
+        self.carried = 0;
         while at < bytes.len() {
             if self.open.is_some() {
                 at += self.copy(&bytes[at..]);
@@ -101,7 +106,8 @@ impl UsageMeter {
                 }
                 None => {
                     let keep = (NEEDLE.len() - 1).min(bytes.len() - at);
-                    self.carry = bytes[bytes.len() - keep..].to_vec();
+                    self.carry[..keep].copy_from_slice(&bytes[bytes.len() - keep..]);
+                    self.carried = keep;
                     return;
                 }
             }
@@ -143,8 +149,18 @@ impl UsageMeter {
     }
 }
 
+/// Where `needle` (which starts with a quote) first is in `haystack`: a jump from quote to
+/// quote, not a comparison at every byte.
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    let mut at = 0;
+    while let Some(pos) = haystack[at..].iter().position(|&b| b == needle[0]) {
+        let start = at + pos;
+        if haystack[start..].starts_with(needle) {
+            return Some(start);
+        }
+        at = start + 1;
+    }
+    None
 }
 
 #[cfg(test)]
