@@ -1,6 +1,8 @@
 //! The little JSON keyrelay needs without a JSON crate: quoting strings it writes, and finding
 //! string fields in upstream bodies it only peeks at (Gemini's `retryDelay`, a request's `model`).
 
+use crate::scan::{find_byte, find_either};
+
 /// `s` as a JSON string literal, quotes included.
 pub fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -131,9 +133,9 @@ pub fn plain_values(body: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut at = 0;
     std::iter::from_fn(move || {
         loop {
-            let open = at + body.get(at..)?.iter().position(|&b| b == b'"')?;
+            let open = at + find_byte(body.get(at..)?, b'"')?;
             let rest = &body[open + 1..];
-            let close = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+            let close = find_either(rest, b'"', b'\\')?;
             if rest[close] == b'"' {
                 at = open + 1 + close + 1;
                 // A string followed by a colon is a member's name, not a value.
@@ -158,10 +160,7 @@ fn string_at(body: &[u8], i: usize) -> Option<(&[u8], usize)> {
     let mut end = i + 1;
     loop {
         // Jump to the next quote or backslash: most of a body is the inside of strings.
-        end += body
-            .get(end..)?
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\')?;
+        end += find_either(body.get(end..)?, b'"', b'\\')?;
         if body[end] == b'"' {
             return Some((&body[i + 1..end], end + 1));
         }
@@ -211,19 +210,35 @@ pub fn looks_like_json(body: &[u8]) -> bool {
     matches!(body.get(skip_space(body, 0)), Some(b'{' | b'['))
 }
 
-/// The whole-number values of fields named `name`, anywhere in `body`, in order (a scan, as
-/// [`string_fields`]; `null` and fractions are skipped).
-pub fn number_fields(body: &[u8], name: &str) -> Vec<u64> {
+/// Every member in `body`, at any depth, whose value is a whole number, as (raw name, value),
+/// in order: one scan from quote to quote, as [`string_fields`] (`null` and fractions are
+/// skipped, and so is a name with an escape).
+pub fn number_members(body: &[u8]) -> Vec<(&[u8], u64)> {
     let mut found = Vec::new();
     let mut rest = body;
-    // From quote to quote: the name between two, then a colon.
-    while let Some(at) = rest.iter().position(|&b| b == b'"') {
-        rest = &rest[at + 1..];
-        let named = rest.starts_with(name.as_bytes()) && rest.get(name.len()) == Some(&b'"');
-        if !named {
+    while let Some(open) = find_byte(rest, b'"') {
+        rest = &rest[open + 1..];
+        // The string's end, past any escaped byte (a string with one is no name looked for).
+        let (mut close, mut escaped) = (0, false);
+        while let Some(stop) = rest
+            .get(close..)
+            .and_then(|tail| find_either(tail, b'"', b'\\'))
+        {
+            close += stop;
+            if rest[close] == b'"' {
+                break;
+            }
+            escaped = true;
+            close += 2;
+        }
+        if close >= rest.len() || rest[close] != b'"' {
+            break;
+        }
+        let name = &rest[..close];
+        rest = &rest[close + 1..];
+        if escaped {
             continue;
         }
-        rest = &rest[name.len() + 1..];
         let mut i = skip_space(rest, 0);
         if rest.get(i) != Some(&b':') {
             continue;
@@ -237,8 +252,9 @@ pub fn number_fields(body: &[u8], name: &str) -> Vec<u64> {
                 .unwrap_or("")
                 .parse()
         {
-            found.push(n);
+            found.push((name, n));
         }
+        rest = &rest[i..];
     }
     found
 }
@@ -303,9 +319,10 @@ mod tests {
     #[test]
     fn finds_numbers() {
         let body = br#"{"usage":{"prompt_tokens": 12,"prompt_tokens_details":{"cached_tokens":8},"x":1.5,"prompt_tokens":null}}"#;
-        assert_eq!(number_fields(body, "prompt_tokens"), vec![12]);
-        assert_eq!(number_fields(body, "cached_tokens"), vec![8]);
-        assert!(number_fields(body, "x").is_empty());
+        let want: Vec<(&[u8], u64)> = vec![(b"prompt_tokens", 12), (b"cached_tokens", 8)];
+        assert_eq!(number_members(body), want);
+        let escaped = br#"{"a\"b":3,"content":"say \"n\": 4","n":5}"#;
+        assert_eq!(number_members(escaped).last(), Some(&(&b"n"[..], 5)));
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub mod relay;
 mod request_id;
 mod request_log;
 mod respond;
+mod scan;
 pub mod server;
 /// STATE_FILE, under its old path.
 pub use state::file as state_file;

@@ -202,7 +202,7 @@ affinity_c64() {
 print_affinity_c64() {
   local t r rounds
   local fmt='%-30s %9s %8s %8s %10s %8s %12s   %s\n'
-  echo "(9) affinity: wrk -t2 -c64 -d${AFF_DURATION}s POST $CHAT, $AFFINITY_ROUNDS rounds interleaved (order reversed every other round), medians; 4 keys, WORKERS=${KR_WORKERS:-default}"
+  echo "(9) affinity: wrk -t2 -c64 -d${AFF_DURATION}s POST $CHAT, $AFFINITY_ROUNDS round(s) interleaved (order reversed every other round), medians; 4 keys, WORKERS=${KR_WORKERS:-default}"
   echo "before = $AFFINITY_BEFORE_REV ($AFFINITY_BEFORE_DIR/target/release/keyrelay); now = ${AFF[now_rev]} (${AFF[now_bin]}); first turn = bench.sh's ~400-byte request, later turn = the same with an answer and a second question (~600 bytes)"
   echo "machine: CPUs busy with other work ${AFF[busy_before]}% before (after waiting ${AFF[quiet_waited]}s), ${AFF[busy_after]}% after; all CPUs ${AFF[busy_during]}% busy over the rounds (wrk, nginx and keyrelay included); runs that started with a cargo/rustc/wrk running: ${AFF[cargo_during]:-0} (waited ${AFF_CARGO_WAITED}s for them); runs run again because others took > ${AFFINITY_OTHERS_MAX}% of the CPUs: $(cat "$RAW"/others-aff-c64-r*.txt | awk -F'tries=' '{ s += $2 - 1 } END { print s + 0 }'), still disturbed after 3 tries: ${AFF[disturbed]:-0}"
   echo

@@ -461,6 +461,7 @@ def main():
     parser.add_argument("--keep-logs", metavar="DIR", help="copy keyrelay's stderr here")
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     args = parser.parse_args()
+    args.bin = os.path.abspath(args.bin)  # keyrelay runs in a directory of its own
     if not os.access(args.bin, os.X_OK):
         sys.exit(f"{args.bin} is missing: cargo build --release")
     if args.conversations < 1 or args.turns < 2 or args.concurrency < 1 or args.keys < 1:

@@ -428,6 +428,9 @@ fn learn_from(
     let stored = affinity.dialect == Dialect::OpenAi
         && upstream.url.contains("/chat/completions")
         && asks_to_store(body);
+    if !stored && !affinity.dialect.answer_may_name_objects(&upstream.url) {
+        return None;
+    }
     Some(AnswerWatch::new(Arc::clone(affinity), key.id(), stored))
 }
 

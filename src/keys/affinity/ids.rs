@@ -133,6 +133,32 @@ impl Dialect {
         ids
     }
 
+    /// Whether an answer from `url` can name an object to learn. A generation (an OpenAI chat
+    /// completion that is not stored, an embedding, a legacy completion, a moderation; Gemini's
+    /// generateContent, embeddings and token counts) names only its own id, which no later
+    /// request can use, so it is not looked through. An Anthropic Messages answer is: code
+    /// execution hands back `file_` ids of files the key now owns.
+    pub fn answer_may_name_objects(self, url: &str) -> bool {
+        let path = url.split(['?', '#']).next().unwrap_or(url);
+        let ends = |ends: &[&str]| ends.iter().any(|end| path.ends_with(end));
+        match self {
+            Dialect::OpenAi => !ends(&[
+                "/chat/completions",
+                "/embeddings",
+                "/completions",
+                "/moderations",
+            ]),
+            Dialect::Gemini => !ends(&[
+                ":generateContent",
+                ":streamGenerateContent",
+                ":embedContent",
+                ":batchEmbedContents",
+                ":countTokens",
+            ]),
+            Dialect::Anthropic => true,
+        }
+    }
+
     /// The ids an answer's bytes name (ids of stored chat completions only if `stored`).
     #[cfg(test)]
     fn answer_ids(self, bytes: &[u8], stored: bool) -> impl Iterator<Item = &str> {
@@ -186,6 +212,25 @@ mod tests {
         &'static [u8],
         &'static [&'static str],
     );
+
+    #[test]
+    fn generations_are_not_looked_through_for_ids() {
+        let openai = Dialect::OpenAi;
+        assert!(!openai.answer_may_name_objects("http://u/v1/chat/completions"));
+        assert!(!openai.answer_may_name_objects("http://u/v1/embeddings?x=1"));
+        assert!(openai.answer_may_name_objects("http://u/v1/responses"));
+        assert!(openai.answer_may_name_objects("http://u/v1/files"));
+        assert!(openai.answer_may_name_objects("http://u/v1/chat/completions/chatcmpl-abc"));
+        let gemini = Dialect::Gemini;
+        assert!(!gemini.answer_may_name_objects("http://u/v1beta/models/g:generateContent"));
+        assert!(
+            !gemini
+                .answer_may_name_objects("http://u/v1beta/models/g:streamGenerateContent?alt=sse")
+        );
+        assert!(gemini.answer_may_name_objects("http://u/v1beta/cachedContents"));
+        assert!(gemini.answer_may_name_objects("http://u/upload/v1beta/files"));
+        assert!(Dialect::Anthropic.answer_may_name_objects("http://u/v1/messages"));
+    }
 
     #[test]
     fn ids_in_requests() {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Affinity, Kind, Outcome};
+use crate::scan::{find_byte, find_either};
 
 /// How much of an answer is looked at.
 pub const WINDOW: usize = 64 * 1024;
@@ -86,7 +87,7 @@ impl AnswerWatch {
                         found.push(id.to_string());
                     }
                 }
-                let Some(open) = bytes[at..].iter().position(|&b| b == b'"') else {
+                let Some(open) = find_byte(&bytes[at..], b'"') else {
                     break;
                 };
                 at += open + 1;
@@ -101,7 +102,7 @@ impl AnswerWatch {
                 continue;
             }
             let rest = &bytes[at..];
-            let stop = rest.iter().position(|&b| b == b'"' || b == b'\\');
+            let stop = find_either(rest, b'"', b'\\');
             let piece = &rest[..stop.unwrap_or(rest.len())];
             if self.current.len() + piece.len() > LONGEST {
                 self.spoiled = true;

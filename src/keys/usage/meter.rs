@@ -153,7 +153,7 @@ impl UsageMeter {
 /// quote, not a comparison at every byte.
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     let mut at = 0;
-    while let Some(pos) = haystack[at..].iter().position(|&b| b == needle[0]) {
+    while let Some(pos) = crate::scan::find_byte(&haystack[at..], needle[0]) {
         let start = at + pos;
         if haystack[start..].starts_with(needle) {
             return Some(start);

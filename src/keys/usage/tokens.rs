@@ -6,7 +6,7 @@
 //! out), Gemini (`usageMetadata`: `promptTokenCount`, `cachedContentTokenCount`,
 //! `candidatesTokenCount`, `thoughtsTokenCount`).
 
-use crate::json::number_fields;
+use crate::json::number_members;
 use crate::keys::affinity::Dialect;
 
 /// Tokens of one answer (or a sum of answers).
@@ -26,7 +26,14 @@ impl Tokens {
     /// The usage one snippet of an answer reports (`"usage":{…}` or `"usageMetadata":{…}`),
     /// `None` when it holds none (`"usage":null`).
     pub fn from_snippet(dialect: Dialect, snippet: &[u8]) -> Option<Tokens> {
-        let first = |name: &str| number_fields(snippet, name).into_iter().max();
+        let members = number_members(snippet);
+        let first = |name: &str| {
+            members
+                .iter()
+                .filter(|(member, _)| *member == name.as_bytes())
+                .map(|&(_, n)| n)
+                .max()
+        };
         let tokens = match dialect {
             Dialect::Gemini => {
                 let thoughts = first("thoughtsTokenCount").unwrap_or(0);
