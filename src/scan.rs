@@ -25,6 +25,20 @@ pub fn find_either(haystack: &[u8], a: u8, b: u8) -> Option<usize> {
     )
 }
 
+/// Where `needle` (which starts with a quote) first is in `haystack`: a jump from quote to
+/// quote, not a comparison at every byte.
+pub fn find_quoted(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    while let Some(pos) = find_byte(&haystack[at..], needle[0]) {
+        let start = at + pos;
+        if haystack[start..].starts_with(needle) {
+            return Some(start);
+        }
+        at = start + 1;
+    }
+    None
+}
+
 /// Word by word while `hit` says no eight bytes hold a match, then byte by byte from the word
 /// that does (`hit` may flag a word falsely only past a true match, which `is` settles).
 fn find_where(haystack: &[u8], hit: impl Fn(u64) -> u64, is: impl Fn(u8) -> bool) -> Option<usize> {
@@ -72,6 +86,11 @@ mod tests {
         }
         assert_eq!(find_either(b"abcdefghij\\k\"", b'"', b'\\'), Some(10));
         assert_eq!(find_byte(&[0u8; 17], 0), Some(0));
+        assert_eq!(
+            find_quoted(br#"{"st":1,"store":true}"#, br#""store""#),
+            Some(8)
+        );
+        assert_eq!(find_quoted(br#"{"stored":1}"#, br#""store""#), None);
         assert_eq!(find_byte(&[1u8; 17], 0), None);
     }
 }

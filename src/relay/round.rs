@@ -449,7 +449,7 @@ fn deleted_object(dialect: Dialect, rest: &str) -> Option<String> {
 /// Whether a chat request asks OpenAI to store its completion (`"store": true`).
 fn asks_to_store(body: &[u8]) -> bool {
     // Most bodies never name it: looked for from quote to quote before the body is walked.
-    body.split(|&b| b == b'"').any(|part| part == b"store")
+    crate::scan::find_quoted(body, b"\"store\"").is_some()
         && json::top_level_members(body).any(|(name, value)| name == b"store" && value == b"true")
 }
 

@@ -6,6 +6,7 @@
 
 use super::tokens::Tokens;
 use crate::keys::affinity::Dialect;
+use crate::scan::find_quoted;
 
 /// Largest usage object copied.
 const SNIPPET: usize = 1024;
@@ -99,7 +100,7 @@ impl UsageMeter {
                 at += self.copy(&bytes[at..]);
                 continue;
             }
-            match find(&bytes[at..], NEEDLE) {
+            match find_quoted(&bytes[at..], NEEDLE) {
                 Some(pos) => {
                     self.start(&[]);
                     at += pos;
@@ -147,20 +148,6 @@ impl UsageMeter {
             .filter_map(|snippet| Tokens::from_snippet(self.dialect, snippet))
             .reduce(Tokens::merge)
     }
-}
-
-/// Where `needle` (which starts with a quote) first is in `haystack`: a jump from quote to
-/// quote, not a comparison at every byte.
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    let mut at = 0;
-    while let Some(pos) = crate::scan::find_byte(&haystack[at..], needle[0]) {
-        let start = at + pos;
-        if haystack[start..].starts_with(needle) {
-            return Some(start);
-        }
-        at = start + 1;
-    }
-    None
 }
 
 #[cfg(test)]
