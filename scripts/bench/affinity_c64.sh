@@ -24,7 +24,8 @@
 # at most twice; the table shows that share for every run.
 #
 # Standalone:  scripts/bench/affinity_c64.sh   (about 3 minutes, plus the two release builds the
-#              first time; table in target/bench/affinity/last.txt, raw files beside it)
+#              first time; table in target/bench/affinity/last.txt, raw files beside it; one run
+#              at a time, a second waits for the first's lock, target/bench/affinity/.lock)
 #              AFFINITY_NOW_REV=HEAD scripts/bench/affinity_c64.sh   (now = the last commit, not
 #              the working tree)
 # In the full bench: BENCH_AFFINITY=1 scripts/bench.sh, section (9), which also runs
@@ -261,6 +262,12 @@ if [[ ${BASH_SOURCE[0]} == "$0" && ${#BASH_SOURCE[@]} == 1 ]]; then
   OUT=$ROOT/target/bench/affinity RAW=$OUT/raw
   BULK_MIB=1 # bench.sh's stand-in also serves a download; not used here
   mkdir -p "$OUT" "$RAW"
+  # One run at a time: a second one would empty RAW under the first (and share its CPUs).
+  exec {AFF_LOCK}>"$OUT/.lock"
+  if ! flock -n "$AFF_LOCK"; then
+    log "another scripts/bench/affinity_c64.sh is running (lock $OUT/.lock): waiting for it to end"
+    flock -w 3600 "$AFF_LOCK" || die "still locked after an hour: $OUT/.lock"
+  fi
   rm -f "$RAW"/*
   if ! command -v wrk >/dev/null || ! { command -v nginx || [[ -x /usr/sbin/nginx ]]; } >/dev/null; then
     log "installing wrk and nginx-light"
