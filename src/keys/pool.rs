@@ -278,6 +278,18 @@ impl KeyPool {
         }
     }
 
+    /// The key the next [`ticket`](Self::ticket) starts at, without taking it: a turn pinned to
+    /// its conversation's key does not move the round robin, so new conversations keep
+    /// spreading evenly over the keys whatever the later turns in between.
+    pub fn peek_ticket(&self) -> usize {
+        let state = self.lock();
+        if self.keys.is_empty() {
+            0
+        } else {
+            state.next_ticket % self.keys.len()
+        }
+    }
+
     /// Key indexes in the order one request tries them: each key once, starting at `ticket`.
     pub fn attempt_order(&self, ticket: usize) -> impl Iterator<Item = usize> + use<> {
         let len = self.keys.len();
@@ -532,6 +544,10 @@ mod tests {
         let pool = pool(3);
         let firsts: Vec<usize> = (0..7).map(|_| pool.ticket()).collect();
         assert_eq!(firsts, vec![0, 1, 2, 0, 1, 2, 0]);
+        assert_eq!(
+            (pool.peek_ticket(), pool.peek_ticket(), pool.ticket()),
+            (1, 1, 1)
+        );
         assert_eq!(pool.attempt_order(2).collect::<Vec<_>>(), vec![2, 0, 1]);
     }
 

@@ -353,7 +353,10 @@ fn rotate(
     let mut attempts = 0;
     let model = request.model;
     loop {
-        let ticket = pool.ticket();
+        let ticket = match rotation.preferred {
+            Some(_) => pool.peek_ticket(),
+            None => pool.ticket(),
+        };
         let mut order = Vec::with_capacity(pool.len());
         order.extend(rotation.preferred);
         order.extend(

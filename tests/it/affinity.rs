@@ -566,6 +566,55 @@ fn first_turns_and_identical_requests_still_spread_and_session_affinity_can_be_t
     assert_eq!(distinct.len(), 3, "plain round robin when off: {served:?}");
 }
 
+/// A pinned later turn takes no round-robin ticket: with 3 keys, new conversations go to the
+/// keys in turn however many later turns of other conversations come in between (taking one
+/// per turn, 0, 1, 2, ... later turns would shift the next new conversation by as many keys, and
+/// new conversations would pile up on some keys: the prompt-cache bench saw 1.36x a fair share).
+#[test]
+fn later_turns_do_not_move_the_round_robin_for_new_conversations() {
+    let stand_in = Stateful::start();
+    let proxy = start(&stand_in);
+    let mut homes = Vec::new();
+    for (conversation, later_turns) in ["Ana", "Bo", "Cy", "Di", "Ed", "Flo"]
+        .iter()
+        .zip([1, 2, 0, 1, 2, 1])
+    {
+        let first = post_json(
+            proxy.port,
+            "/openai/v1/chat/completions",
+            &turn_body(conversation, &[]),
+        );
+        let home = served_by(&first, &KEYS);
+        homes.push(home);
+        let mut history: Vec<String> = Vec::new();
+        for turn in 0..later_turns {
+            history.push(format!("answer {turn}"));
+            history.push(format!("question {turn}"));
+            let refs: Vec<&str> = history.iter().map(String::as_str).collect();
+            let reply = post_json(
+                proxy.port,
+                "/openai/v1/chat/completions",
+                &turn_body(conversation, &refs),
+            );
+            assert_eq!(
+                served_by(&reply, &KEYS),
+                home,
+                "{conversation}, turn {turn}"
+            );
+        }
+    }
+    let order: Vec<usize> = homes
+        .iter()
+        .map(|home| KEYS.iter().position(|k| k == home).unwrap())
+        .collect();
+    let start = order[0];
+    let round_robin: Vec<usize> = (0..6).map(|i| (start + i) % 3).collect();
+    assert_eq!(
+        order, round_robin,
+        "new conversations take the keys in turn"
+    );
+}
+
 #[test]
 fn no_403_about_an_object_a_region_or_something_unknown_benches_a_healthy_key_for_long() {
     let stand_in = Stateful::start();
