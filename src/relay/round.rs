@@ -487,6 +487,15 @@ pub(crate) fn read_error_body(response: &mut ureq::http::Response<ureq::Body>) -
 /// (for this model) until its window resets, so the next request goes to another key instead
 /// of earning a 429.
 fn note_headroom(provider: &Provider, index: usize, model: Option<&str>, headers: &HeaderMap) {
+    // Gemini and many OpenAI-style upstreams send none: one look over the names (a handful)
+    // instead of nine look-ups that each parse and hash a name.
+    let reports = headers.keys().any(|name| {
+        let name = name.as_str();
+        name.starts_with("x-ratelimit-") || name.starts_with("anthropic-ratelimit-")
+    });
+    if !reports {
+        return;
+    }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let headroom = Headroom::from_headers(header, SystemTime::now());
     if !headroom.reported() {
