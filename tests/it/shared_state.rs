@@ -141,11 +141,7 @@ fn a_file_uploaded_through_one_instance_is_used_through_the_other_without_trial(
         assert_eq!(reply.status, 200, "round {round}: {}", reply.text());
         assert_eq!(served_by(&reply, &KEYS), owner, "round {round}");
     }
-    let lines: Vec<String> = b
-        .request_lines(7)
-        .into_iter()
-        .filter(|l| l.contains("/chat/completions"))
-        .collect();
+    let lines = b.request_lines_with(5, "/chat/completions");
     assert_eq!(lines.len(), 5, "{lines:#?}");
     assert!(
         lines

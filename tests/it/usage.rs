@@ -202,11 +202,7 @@ fn usage_from_every_shape_streamed_and_not_reaches_status_metrics_and_the_log() 
     );
     assert!(metrics.contains(&line), "{metrics}");
 
-    let lines: Vec<String> = proxy
-        .request_lines(10)
-        .into_iter()
-        .filter(|l| l.contains(" POST "))
-        .collect();
+    let lines = proxy.request_lines_with(8, " POST ");
     assert_eq!(lines.len(), 8, "{lines:#?}");
     assert!(
         lines[0].contains("tokens_in=100 tokens_cached=64 tokens_out=20"),

@@ -296,6 +296,23 @@ impl Proxy {
         }
     }
 
+    /// Waits for `n` per-request lines that contain `part` and returns those: a count that does
+    /// not depend on how many readiness or /metrics requests the test made, nor on whether the
+    /// last of them has been logged yet.
+    pub fn request_lines_with(&self, n: usize, part: &str) -> Vec<String> {
+        let is_req =
+            |l: &String| l.contains("status=") && l.contains("attempts=") && l.contains(part);
+        let ok = self.wait_log(Duration::from_secs(5), |lines| {
+            lines.iter().filter(|l| is_req(l)).count() >= n
+        });
+        assert!(
+            ok,
+            "expected {n} request log lines with {part:?}, log:\n{}",
+            self.log_text()
+        );
+        self.log().into_iter().filter(is_req).collect()
+    }
+
     /// Waits for `n` per-request lines (`status=` and `attempts=`) and returns them.
     pub fn request_lines(&self, n: usize) -> Vec<String> {
         let is_req = |l: &String| l.contains("status=") && l.contains("attempts=");
