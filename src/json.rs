@@ -32,31 +32,9 @@ pub fn string_fields<'a>(body: &'a [u8], name: &str) -> Vec<&'a str> {
 /// objects and arrays (a tool call's `{"model": ...}` argument is not the request's model). The
 /// scan stops at that member; anything malformed gives `None`.
 pub fn top_level_string<'a>(body: &'a [u8], name: &str) -> Option<&'a str> {
-    let mut i = skip_space(body, 0);
-    if body.get(i) != Some(&b'{') {
-        return None;
-    }
-    i += 1;
-    loop {
-        i = skip_space(body, i);
-        let (key, after_key) = string_at(body, i)?;
-        i = skip_space(body, after_key);
-        if body.get(i) != Some(&b':') {
-            return None;
-        }
-        i = skip_space(body, i + 1);
-        if key == name.as_bytes() {
-            let (value, _) = string_at(body, i)?;
-            return std::str::from_utf8(value)
-                .ok()
-                .filter(|v| !v.contains('\\'));
-        }
-        i = skip_space(body, skip_value(body, i)?);
-        match body.get(i) {
-            Some(b',') => i += 1,
-            _ => return None,
-        }
-    }
+    top_level_members(body)
+        .find(|(key, _)| *key == name.as_bytes())
+        .and_then(|(_, value)| plain_string(value))
 }
 
 /// The members of the top-level object in `body` as (raw name, raw value bytes), in order,
@@ -215,30 +193,17 @@ pub fn looks_like_json(body: &[u8]) -> bool {
 /// skipped, and so is a name with an escape).
 pub fn number_members(body: &[u8]) -> Vec<(&[u8], u64)> {
     let mut found = Vec::new();
-    let mut rest = body;
-    while let Some(open) = find_byte(rest, b'"') {
-        rest = &rest[open + 1..];
-        // The string's end, past any escaped byte (a string with one is no name looked for).
-        let (mut close, mut escaped) = (0, false);
-        while let Some(stop) = rest
-            .get(close..)
-            .and_then(|tail| find_either(tail, b'"', b'\\'))
-        {
-            close += stop;
-            if rest[close] == b'"' {
-                break;
-            }
-            escaped = true;
-            close += 2;
-        }
-        if close >= rest.len() || rest[close] != b'"' {
+    let mut at = 0;
+    while let Some(open) = body.get(at..).and_then(|rest| find_byte(rest, b'"')) {
+        let Some((name, end)) = string_at(body, at + open) else {
             break;
-        }
-        let name = &rest[..close];
-        rest = &rest[close + 1..];
-        if escaped {
+        };
+        at = end;
+        // A name with an escape is no name looked for.
+        if name.contains(&b'\\') {
             continue;
         }
+        let rest = &body[end..];
         let mut i = skip_space(rest, 0);
         if rest.get(i) != Some(&b':') {
             continue;
@@ -254,7 +219,7 @@ pub fn number_members(body: &[u8]) -> Vec<(&[u8], u64)> {
         {
             found.push((name, n));
         }
-        rest = &rest[i..];
+        at = end + i;
     }
     found
 }

@@ -12,7 +12,6 @@ use crate::agent::egress::Egress;
 use crate::agent::trust::{Trust, TrustFiles};
 use crate::config::Config;
 use crate::keys::access::AccessTokens;
-use crate::keys::affinity::Affinity;
 use crate::keys::journal::{Attached, Journal};
 use crate::load::Load;
 use crate::metrics::Metrics;
@@ -204,8 +203,7 @@ pub(crate) fn build_providers(config: &Config) -> Vec<Provider> {
                 p.shape,
                 p.keys.clone(),
             );
-            provider.affinity =
-                Arc::new(Affinity::new(provider.affinity.dialect, config.session_ttl));
+            provider.affinity.set_session_ttl(config.session_ttl);
             provider.limits.set_rules(p.limits.clone());
             // Validated with the configuration: each entry parses.
             provider.egress = p

@@ -11,11 +11,12 @@ use crate::proxy::Proxy;
 pub(super) fn metrics(proxy: &Proxy) -> String {
     let mut out = String::with_capacity(4096);
     let (requests, durations, queue_wait) = proxy.metrics.snapshot();
-    let _ = writeln!(
-        out,
-        "# HELP keyrelay_requests_total Requests answered, by provider, route and status class."
+    family(
+        &mut out,
+        "keyrelay_requests_total",
+        "counter",
+        "Requests answered, by provider, route and status class.",
     );
-    let _ = writeln!(out, "# TYPE keyrelay_requests_total counter");
     let mut rows: Vec<_> = requests.into_iter().collect();
     rows.sort();
     for ((provider, route, class), count) in rows {
@@ -27,11 +28,12 @@ pub(super) fn metrics(proxy: &Proxy) -> String {
             label(&class)
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP keyrelay_upstream_attempts_total Upstream attempts, by provider, key (masked) and outcome."
+    family(
+        &mut out,
+        "keyrelay_upstream_attempts_total",
+        "counter",
+        "Upstream attempts, by provider, key (masked) and outcome.",
     );
-    let _ = writeln!(out, "# TYPE keyrelay_upstream_attempts_total counter");
     let mut key_rows = String::new();
     let now = Instant::now();
     for provider in proxy.providers().iter() {
@@ -124,14 +126,14 @@ pub(super) fn metrics(proxy: &Proxy) -> String {
             }
         }
     }
-    let _ = writeln!(out, "# HELP keyrelay_keys Keys by state.");
-    let _ = writeln!(out, "# TYPE keyrelay_keys gauge");
+    family(&mut out, "keyrelay_keys", "gauge", "Keys by state.");
     out.push_str(&key_rows);
-    let _ = writeln!(
-        out,
-        "# HELP keyrelay_request_duration_seconds Time from request to the end of its answer."
+    family(
+        &mut out,
+        "keyrelay_request_duration_seconds",
+        "histogram",
+        "Time from request to the end of its answer.",
     );
-    let _ = writeln!(out, "# TYPE keyrelay_request_duration_seconds histogram");
     let mut histograms: Vec<_> = durations.into_iter().collect();
     histograms.sort_by(|a, b| a.0.cmp(&b.0));
     for (provider, h) in histograms {
@@ -142,11 +144,12 @@ pub(super) fn metrics(proxy: &Proxy) -> String {
             &h,
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP keyrelay_queue_wait_seconds Time requests waited for a free worker."
+    family(
+        &mut out,
+        "keyrelay_queue_wait_seconds",
+        "histogram",
+        "Time requests waited for a free worker.",
     );
-    let _ = writeln!(out, "# TYPE keyrelay_queue_wait_seconds histogram");
     histogram(&mut out, "keyrelay_queue_wait_seconds", "", &queue_wait);
     if let Some(shared) = proxy.shared.get() {
         gauge(
@@ -214,8 +217,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 
 /// Appends one unlabelled gauge with its HELP and TYPE lines.
 fn gauge(out: &mut String, name: &str, help: &str, value: usize) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} gauge");
+    family(out, name, "gauge", help);
     let _ = writeln!(out, "{name} {value}");
 }
 

@@ -150,11 +150,11 @@ pub(super) fn status(proxy: &Proxy) -> String {
         }
         let affinity = &provider.affinity;
         let (ids, sessions) = affinity.sizes();
+        let all_counts = affinity.counts();
         let mut counts: Vec<String> = Vec::new();
         for kind in Kind::ALL {
-            let members: Vec<String> = affinity
-                .counts()
-                .into_iter()
+            let members: Vec<String> = all_counts
+                .iter()
                 .filter(|(k, _, _)| *k == kind)
                 .map(|(_, outcome, n)| format!("{}:{n}", quote(outcome.label())))
                 .collect();

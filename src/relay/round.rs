@@ -415,9 +415,7 @@ fn learn_from(
     };
     if !found.is_empty() {
         let news = affinity.learn(found.iter().copied(), key.id(), now);
-        for _ in 0..news {
-            affinity.count(Kind::Resource, Outcome::Discovered);
-        }
+        affinity.count_n(Kind::Resource, Outcome::Discovered, news);
         info!(
             "{} key={} owns {}: found by trying keys",
             provider.name,
@@ -553,15 +551,11 @@ fn relay_answer(
         .unwrap_or("");
     // Usage likewise: it is in JSON answers and in streams.
     let readable = content_type.contains("json") || content_type.contains("event-stream");
+    let stream = content_type.starts_with("text/event-stream");
     let watch = watch.filter(|_| readable);
     let metered = metered.filter(|_| readable);
     let key = key.mask();
     let status = response.status().as_u16();
-    let stream = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
     let held = match error_body {
         Some(body) => Ok(body),
         None if (200..300).contains(&status) || stream => Err(Vec::new()),

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use log::{info, warn};
 
 use crate::keys::usage::Tokens;
-use crate::keys::{ApiKey, Bench, BenchReason};
+use crate::keys::{Bench, BenchReason};
 use crate::proxy::Proxy;
 
 const HEADER: &str = "keyrelay-state 2";
@@ -31,11 +31,6 @@ const AFFINITY_REFRESH: Duration = Duration::from_secs(60);
 
 /// How often the writer looks for changes.
 pub const WRITE_EVERY: Duration = Duration::from_secs(1);
-
-/// A key's name in the file: the first 16 hex digits of its SHA-256.
-fn key_id(key: &ApiKey) -> String {
-    key.id_hex()
-}
 
 /// The state of every pool and affinity table as file text (ended cooldowns are left out).
 pub fn render(proxy: &Proxy, now: Instant, wall_now: SystemTime) -> String {
@@ -94,7 +89,7 @@ fn render_pools(proxy: &Proxy, now: Instant, wall_now: SystemTime) -> String {
             if !snap.disabled && snap.benches.is_empty() {
                 continue; // nothing to keep: no hash to compute (this runs every second)
             }
-            let id = key_id(provider.pool.key(index));
+            let id = provider.pool.key(index).id_hex();
             if snap.disabled {
                 let _ = writeln!(out, "{} {id} disabled", provider.name);
             }
@@ -212,7 +207,7 @@ pub fn apply(
     // Each key's id, hashed once, by provider.
     let ids: Vec<Vec<String>> = providers
         .iter()
-        .map(|p| (0..p.pool.len()).map(|i| key_id(p.pool.key(i))).collect())
+        .map(|p| (0..p.pool.len()).map(|i| p.pool.key(i).id_hex()).collect())
         .collect();
     let mut restored = 0;
     for (name, id, entry) in entries {
@@ -420,7 +415,7 @@ mod tests {
             )
             .is_err()
         );
-        let id = key_id(p.providers()[0].pool.key(0));
+        let id = p.providers()[0].pool.key(0).id_hex();
         let ended = format!("keyrelay-state 2\nopenai {id} bench 1000 rate_limited -\n");
         assert_eq!(apply(&p, &ended, now, wall), Ok(0));
         assert!(p.providers()[0].pool.is_ready(0, None, now));

@@ -101,7 +101,10 @@ impl Dialect {
                 segment
             };
             if self == Dialect::Gemini {
-                if let Some(next) = segments.get(at + 1) {
+                // Only a collection's name (`files`, `cachedContents`, …) starts a resource
+                // name: the pair is built for those alone.
+                let collection = GEMINI.iter().any(|p| p.strip_suffix('/') == Some(segment));
+                if collection && let Some(next) = segments.get(at + 1) {
                     let next = next.split(':').next().unwrap_or(next);
                     if let Some(id) = self.id_in(&format!("{segment}/{next}")) {
                         push(id);

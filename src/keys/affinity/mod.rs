@@ -176,7 +176,12 @@ impl Affinity {
 
     /// Counts one affinity event.
     pub fn count(&self, kind: Kind, outcome: Outcome) {
-        self.counters[kind as usize][outcome as usize].fetch_add(1, Ordering::Relaxed);
+        self.count_n(kind, outcome, 1);
+    }
+
+    /// Counts `n` affinity events of one kind and outcome.
+    pub fn count_n(&self, kind: Kind, outcome: Outcome, n: u64) {
+        self.counters[kind as usize][outcome as usize].fetch_add(n, Ordering::Relaxed);
     }
 
     /// Every counter: (kind, outcome, count).

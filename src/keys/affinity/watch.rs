@@ -129,9 +129,8 @@ impl AnswerWatch {
         let news = self
             .affinity
             .learn(found.iter().map(String::as_str), self.key, Instant::now());
-        for _ in 0..news {
-            self.affinity.count(Kind::Resource, Outcome::Learned);
-        }
+        self.affinity
+            .count_n(Kind::Resource, Outcome::Learned, news);
     }
 }
 

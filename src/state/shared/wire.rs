@@ -112,7 +112,7 @@ impl Names {
                     return Vec::new();
                 }
                 vec![Write::Set(Fact {
-                    key: format!("{p}:b:{provider}:{}:{model}", hex(*key)),
+                    key: self.bench_key(provider, *key, model),
                     value: format!("{} {}", unix_ms(*until), reason.word()),
                     ttl: Some(left),
                 })]
@@ -135,7 +135,7 @@ impl Names {
                 .iter()
                 .map(|model| {
                     let model = model.as_deref().unwrap_or("-");
-                    Write::Delete(format!("{p}:b:{provider}:{}:{model}", hex(*key)))
+                    Write::Delete(self.bench_key(provider, *key, model))
                 })
                 .collect(),
             Change::Learned { key, ids } => ids
@@ -143,7 +143,7 @@ impl Names {
                 .filter(|id| plain(id))
                 .map(|id| {
                     Write::Set(Fact {
-                        key: format!("{p}:i:{provider}:{id}"),
+                        key: self.id_key(provider, id),
                         value: hex(*key),
                         ttl: Some(id_ttl(id)),
                     })
@@ -151,7 +151,7 @@ impl Names {
                 .collect(),
             Change::Forgot { ids } => ids
                 .iter()
-                .map(|id| Write::Delete(format!("{p}:i:{provider}:{id}")))
+                .map(|id| Write::Delete(self.id_key(provider, id)))
                 .collect(),
             Change::Spent {
                 key,
@@ -182,6 +182,11 @@ impl Names {
     /// in the minute, `d<end>` requests of the day ending then) for `model`.
     pub fn limit_key(&self, provider: &str, key: u64, model: &str, kind: &str) -> String {
         format!("{}:l:{provider}:{}:{model}:{kind}", self.prefix, hex(key))
+    }
+
+    /// The Redis key of a bench of `key` for `model` (`-`: the whole key).
+    fn bench_key(&self, provider: &str, key: u64, model: &str) -> String {
+        format!("{}:b:{provider}:{}:{model}", self.prefix, hex(key))
     }
 
     /// The Redis key of an object id.
