@@ -32,9 +32,33 @@ pub fn string_fields<'a>(body: &'a [u8], name: &str) -> Vec<&'a str> {
 /// objects and arrays (a tool call's `{"model": ...}` argument is not the request's model). The
 /// scan stops at that member; anything malformed gives `None`.
 pub fn top_level_string<'a>(body: &'a [u8], name: &str) -> Option<&'a str> {
-    top_level_members(body)
-        .find(|(key, _)| *key == name.as_bytes())
-        .and_then(|(_, value)| plain_string(value))
+    // Not `top_level_members`: this stops at the member, without skipping its value, and runs
+    // for every message of every request (callgrind: ~600 instructions a request less).
+    let mut i = skip_space(body, 0);
+    if body.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_space(body, i);
+        let (key, after_key) = string_at(body, i)?;
+        i = skip_space(body, after_key);
+        if body.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_space(body, i + 1);
+        if key == name.as_bytes() {
+            let (value, _) = string_at(body, i)?;
+            return std::str::from_utf8(value)
+                .ok()
+                .filter(|v| !v.contains('\\'));
+        }
+        i = skip_space(body, skip_value(body, i)?);
+        match body.get(i) {
+            Some(b',') => i += 1,
+            _ => return None,
+        }
+    }
 }
 
 /// The members of the top-level object in `body` as (raw name, raw value bytes), in order,
