@@ -26,12 +26,15 @@ pub fn find_either(haystack: &[u8], a: u8, b: u8) -> Option<usize> {
 }
 
 /// Where `needle` (which starts with a quote) first is in `haystack`: a jump from quote to
-/// quote, not a comparison at every byte.
+/// quote, not a comparison at every byte. The rest of the needle is compared in place (a
+/// `starts_with` was a `memcmp` call at every quote).
 pub fn find_quoted(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    let (&first, rest) = needle.split_first()?;
     let mut at = 0;
-    while let Some(pos) = find_byte(&haystack[at..], needle[0]) {
+    while let Some(pos) = find_byte(&haystack[at..], first) {
         let start = at + pos;
-        if haystack[start..].starts_with(needle) {
+        let after = &haystack[start + 1..];
+        if after.len() >= rest.len() && rest.iter().zip(after).all(|(a, b)| a == b) {
             return Some(start);
         }
         at = start + 1;
@@ -39,14 +42,16 @@ pub fn find_quoted(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     None
 }
 
-/// Word by word while `hit` says no eight bytes hold a match, then byte by byte from the word
-/// that does (`hit` may flag a word falsely only past a true match, which `is` settles).
+/// Word by word while `hit` says no eight bytes hold a match, then, in the word that does,
+/// the lowest flagged byte (`hit` may flag a byte falsely only above a true match, never below
+/// one, so the lowest is a true match); the last few bytes one by one.
 fn find_where(haystack: &[u8], hit: impl Fn(u64) -> u64, is: impl Fn(u8) -> bool) -> Option<usize> {
     let mut at = 0;
     while at + 8 <= haystack.len() {
         let word = u64::from_le_bytes(haystack[at..at + 8].try_into().unwrap());
-        if hit(word) != 0 {
-            break;
+        let flagged = hit(word);
+        if flagged != 0 {
+            return Some(at + (flagged.trailing_zeros() / 8) as usize);
         }
         at += 8;
     }
@@ -56,7 +61,8 @@ fn find_where(haystack: &[u8], hit: impl Fn(u64) -> u64, is: impl Fn(u8) -> bool
         .map(|pos| at + pos)
 }
 
-/// Non-zero when some byte of `word` is zero.
+/// Non-zero when some byte of `word` is zero: the high bit of each byte that is zero is set,
+/// and a byte above a zero byte may be flagged falsely, a byte below one never.
 fn zero_byte(word: u64) -> u64 {
     word.wrapping_sub(LOW) & !word & HIGH
 }
@@ -72,10 +78,13 @@ mod tests {
                 let mut hay: Vec<u8> = (0..len).map(|i| b'a' + (i % 20) as u8).collect();
                 // Bytes next to the target that trip naive bit tricks (0x80, 0x21, 0x23).
                 hay.iter_mut().step_by(3).for_each(|b| *b = 0x80);
+                hay.iter_mut().skip(1).step_by(5).for_each(|b| *b = b'#');
                 if pos < len {
                     hay[pos] = b'"';
+                    // Above a match: a second one, or a byte one more than the target (`#`
+                    // after `"`, `]` after `\`), which a borrow flags falsely.
                     if pos + 1 < len {
-                        hay[pos + 1] = b'"';
+                        hay[pos + 1] = [b'"', b'#', b']'][pos % 3];
                     }
                 }
                 let want = hay.iter().position(|&b| b == b'"');
