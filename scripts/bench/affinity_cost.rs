@@ -1,5 +1,6 @@
-//! What affinity costs a request, measured alone (issue 19): the id scan of the path, query and
-//! body, the conversation fingerprint, and the table look-ups, for the c64 bench's chat body
+//! What affinity costs a request, measured alone (issue 19): the one pass over the body (its
+//! ids and top-level members) with the id scan of the path and query, the conversation
+//! fingerprint from those members, and the table look-ups, for the c64 bench's chat body
 //! and for a 200 KB conversation; and the memory a learned id takes.
 //!
 //! `cargo run --release --example affinity-cost`
@@ -8,7 +9,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use keyrelay::keys::ApiKey;
-use keyrelay::keys::affinity::{Affinity, Dialect, conversation};
+use keyrelay::keys::affinity::{Affinity, BodySurvey, Dialect, conversation};
 
 /// Runs `f` `n` times and returns the mean time per run.
 fn per_run(n: u32, mut f: impl FnMut()) -> Duration {
@@ -49,32 +50,40 @@ fn main() {
     }
     big.push_str("]}");
     let big = big.into_bytes();
-    println!("body                 ids scan   fingerprint   look-ups (ids + session)");
+    println!("body                 body pass + ids   fingerprint   look-ups (ids + session)");
     for (name, body) in [
         ("c64 chat (435 B)", &small[..]),
         ("conversation (200 KB)", &big[..]),
     ] {
         let scan = per_run(20_000, || {
-            black_box(Dialect::OpenAi.request_ids("v1/chat/completions", "", black_box(body)));
+            let survey = BodySurvey::of(Dialect::OpenAi, black_box(body));
+            black_box(Dialect::OpenAi.request_ids("v1/chat/completions", "", &survey.ids));
+            black_box(survey);
         });
+        let survey = BodySurvey::of(Dialect::OpenAi, body);
         let fingerprint = per_run(20_000, || {
             black_box(conversation(
                 Dialect::OpenAi,
                 Some("gpt-4o"),
-                black_box(body),
+                black_box(&survey.members),
                 std::iter::empty(),
             ));
         });
         let now = Instant::now();
-        let found =
-            conversation(Dialect::OpenAi, Some("gpt-4o"), body, std::iter::empty()).unwrap();
+        let found = conversation(
+            Dialect::OpenAi,
+            Some("gpt-4o"),
+            &survey.members,
+            std::iter::empty(),
+        )
+        .unwrap();
         let lookups = per_run(200_000, || {
             black_box(affinity.resource_pin(&[], &keys, now));
             black_box(affinity.session_owner(found.key, now));
             affinity.record_session(found.key, keys[0].id(), now);
         });
         println!(
-            "{name:<20} {:>7.2} us {:>10.2} us {:>14.2} us",
+            "{name:<20} {:>14.2} us {:>10.2} us {:>14.2} us",
             scan.as_secs_f64() * 1e6,
             fingerprint.as_secs_f64() * 1e6,
             lookups.as_secs_f64() * 1e6

@@ -16,7 +16,7 @@ use super::outcome::MIN_COOLDOWN;
 use super::round::{LastFailure, Round, try_round};
 use crate::error::ProxyError;
 use crate::headers::forward_request_header;
-use crate::keys::affinity::{Conversation, Kind, Outcome, ResourcePin, conversation};
+use crate::keys::affinity::{BodySurvey, Conversation, Kind, Outcome, ResourcePin, conversation};
 use crate::keys::{ApiKey, Readiness};
 use crate::provider::{AuthStyle, Provider};
 use crate::proxy::Proxy;
@@ -145,6 +145,8 @@ impl Chosen {
 pub(crate) struct Request<'r> {
     pub(crate) upstream: &'r UpstreamRequest<'r>,
     pub(crate) body: &'r [u8],
+    /// What the body names and holds, read once.
+    pub(crate) survey: &'r BodySurvey<'r>,
     pub(crate) model: Option<&'r str>,
     /// The path below the route and the query (credentials stripped), where ids may be.
     pub(crate) rest: &'r str,
@@ -157,7 +159,7 @@ pub(crate) fn attempt(proxy: &Proxy, provider: &Provider, request: &Request) -> 
     let affinity = &provider.affinity;
     let ids = affinity
         .dialect
-        .request_ids(request.rest, request.query, request.body);
+        .request_ids(request.rest, request.query, &request.survey.ids);
     let mut rotation = Rotation {
         ids: &ids,
         preferred: None,
@@ -192,8 +194,12 @@ pub(crate) fn attempt(proxy: &Proxy, provider: &Provider, request: &Request) -> 
     }
     if proxy.limits.session_affinity && rotation.skip.is_none() {
         let headers = request.upstream.incoming.headers();
-        rotation.conversation =
-            conversation(affinity.dialect, request.model, request.body, headers);
+        rotation.conversation = conversation(
+            affinity.dialect,
+            request.model,
+            &request.survey.members,
+            headers,
+        );
         rotation.preferred = rotation
             .conversation
             .filter(Conversation::pinned)

@@ -10,7 +10,7 @@ use super::body::{BodyError, read_body};
 use super::incoming::Incoming;
 use crate::admin;
 use crate::error::ProxyError;
-use crate::keys::affinity::{Dialect, Kind, ResourcePin, UPLOAD_PREFIX};
+use crate::keys::affinity::{BodySurvey, Dialect, Kind, ResourcePin, UPLOAD_PREFIX};
 use crate::listen::{Conn, Head};
 use crate::metrics::route_label;
 use crate::provider::{ErrorShape, Provider, shape_for, split_route};
@@ -233,9 +233,11 @@ fn decide(
     let Some(upstream) = UpstreamRequest::new(incoming, provider, rest, &query, request_id) else {
         return local(ProxyError::BadRequest, shape);
     };
+    let survey = BodySurvey::of(provider.affinity.dialect, body);
     let request = Request {
         upstream: &upstream,
         body,
+        survey: &survey,
         model: model.as_deref(),
         rest,
         query: &query,

@@ -18,8 +18,7 @@ use super::upload_url::rewrite_upload_url;
 use super::upstream::{self, CallFailure};
 use crate::config::{NO_ACCESS_BENCH, QUOTA_BENCH, REJECTED_KEY_BENCH};
 use crate::error::{ProxyError, broken_stream_event};
-use crate::json;
-use crate::keys::affinity::{AnswerWatch, Dialect, Kind, Outcome, UPLOAD_PREFIX};
+use crate::keys::affinity::{AnswerWatch, BodySurvey, Dialect, Kind, Outcome, UPLOAD_PREFIX};
 use crate::keys::usage::{Metered, Tally, UsageMeter};
 use crate::keys::{ApiKey, AttemptClass, BenchReason, HeadroomReport};
 use crate::provider::Provider;
@@ -200,7 +199,14 @@ pub(crate) fn try_round(
                 let watch = ok
                     .then(|| {
                         learn_from(
-                            proxy, provider, upstream, body, round, index, model, &suspects,
+                            proxy,
+                            provider,
+                            upstream,
+                            request.survey,
+                            round,
+                            index,
+                            model,
+                            &suspects,
                         )
                     })
                     .flatten();
@@ -361,7 +367,7 @@ fn learn_from(
     proxy: &Proxy,
     provider: &Provider,
     upstream: &UpstreamRequest,
-    body: &[u8],
+    survey: &BodySurvey,
     round: &Round,
     index: usize,
     model: Option<&str>,
@@ -425,7 +431,7 @@ fn learn_from(
     }
     let stored = affinity.dialect == Dialect::OpenAi
         && upstream.url.contains("/chat/completions")
-        && asks_to_store(body);
+        && survey.asks_to_store();
     if !stored && !affinity.dialect.answer_may_name_objects(&upstream.url) {
         return None;
     }
@@ -440,15 +446,8 @@ fn deleted_object(dialect: Dialect, rest: &str) -> Option<String> {
     if segments.len() != 3 {
         return None;
     }
-    let ids = dialect.request_ids(path, "", b"");
+    let ids = dialect.request_ids(path, "", &[]);
     ids.into_iter().next_back()
-}
-
-/// Whether a chat request asks OpenAI to store its completion (`"store": true`).
-fn asks_to_store(body: &[u8]) -> bool {
-    // Most bodies never name it: looked for from quote to quote before the body is walked.
-    crate::scan::find_quoted(body, b"\"store\"").is_some()
-        && json::top_level_members(body).any(|(name, value)| name == b"store" && value == b"true")
 }
 
 /// Logs, at most once a minute, that the upstream refuses where requests come from.

@@ -2,8 +2,6 @@
 //! and body, so it can go to the key that owns the object) and in an answer (so keyrelay learns
 //! which key owns it). A scan over the bytes, never a JSON tree.
 
-use crate::json;
-
 /// The API family a provider speaks, for its id shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -82,8 +80,9 @@ impl Dialect {
         (ID_LEN.contains(&value.len()) && shaped && value.bytes().all(id_byte)).then_some(value)
     }
 
-    /// The ids a request names, in its path below the route, its query and its JSON body.
-    pub fn request_ids(self, rest: &str, query: &str, body: &[u8]) -> Vec<String> {
+    /// The ids a request names, in its path below the route, its query and (`body_ids`, from
+    /// its [`BodySurvey`](super::BodySurvey)) its JSON body.
+    pub fn request_ids(self, rest: &str, query: &str, body_ids: &[&str]) -> Vec<String> {
         let mut ids = Vec::new();
         let mut push = |id: &str| {
             if !ids.iter().any(|known| known == id) {
@@ -125,13 +124,8 @@ impl Dialect {
                 push(id);
             }
         }
-        // Only a JSON body names ids: an upload's bytes are not looked through.
-        if json::looks_like_json(body) {
-            for raw in json::plain_values(body) {
-                if let Some(id) = self.id_of_raw(raw) {
-                    push(id);
-                }
-            }
+        for id in body_ids {
+            push(id);
         }
         ids
     }
@@ -165,7 +159,7 @@ impl Dialect {
     /// The ids an answer's bytes name (ids of stored chat completions only if `stored`).
     #[cfg(test)]
     fn answer_ids(self, bytes: &[u8], stored: bool) -> impl Iterator<Item = &str> {
-        json::plain_values(bytes).filter_map(move |raw| self.answer_ids_raw(raw, stored))
+        crate::json::plain_values(bytes).filter_map(move |raw| self.answer_ids_raw(raw, stored))
     }
 
     /// The id one string of an answer (raw bytes between its quotes) names, if it is one to
@@ -175,7 +169,7 @@ impl Dialect {
             .filter(|id| stored || !id.starts_with(STORED_ONLY))
     }
 
-    fn id_of_raw(self, raw: &[u8]) -> Option<&str> {
+    pub(super) fn id_of_raw(self, raw: &[u8]) -> Option<&str> {
         // Cheap rejections first: most strings in a body are neither long enough nor start
         // like an id.
         let first = *raw.first()?;
@@ -303,7 +297,8 @@ mod tests {
             ),
         ];
         for (dialect, rest, query, body, expected) in cases {
-            let got = dialect.request_ids(rest, query, body);
+            let survey = crate::keys::affinity::BodySurvey::of(dialect, body);
+            let got = dialect.request_ids(rest, query, &survey.ids);
             assert_eq!(got, expected.to_vec(), "{rest} {query}");
         }
     }

@@ -11,6 +11,7 @@
 //! Both tables are bounded in count and age and guarded by their own `Mutex`, held for a hash
 //! look-up or insert only.
 
+mod body;
 mod ids;
 mod session;
 mod table;
@@ -20,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+pub use body::BodySurvey;
 pub use ids::{Dialect, UPLOAD_PREFIX};
 pub use session::{Conversation, conversation};
 pub use table::Owner;

@@ -5,12 +5,12 @@
 //! chosen bytes hashed; no JSON tree is built.
 
 use super::ids::Dialect;
-use crate::json;
+use crate::json::{self, Member};
 
 /// A request seen as part of a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conversation {
-    /// The conversation's name in the session table (a SHA-256 prefix).
+    /// The conversation's name in the session table (an FNV-1a hash, see [`Fnv`]).
     pub key: u64,
     /// Named by the client (a hint), not a fingerprint.
     pub explicit: bool,
@@ -47,11 +47,12 @@ const ANSWER_TYPES: [&str; 9] = [
 /// Roles whose messages are part of the system prompt.
 const SYSTEM_ROLES: [&str; 2] = ["system", "developer"];
 
-/// The conversation a request belongs to, or `None` when it is none (no messages at all).
+/// The conversation a request belongs to, or `None` when it is none (no messages at all), from
+/// the top-level members of its body (its [`BodySurvey`](super::BodySurvey)).
 pub fn conversation<'a>(
     dialect: Dialect,
     model: Option<&str>,
-    body: &[u8],
+    members: &[Member],
     mut headers: impl Iterator<Item = (&'a str, &'a str)>,
 ) -> Option<Conversation> {
     let hint_header = headers
@@ -62,7 +63,7 @@ pub fn conversation<'a>(
     let mut hint: Option<&[u8]> = hint_header.map(str::as_bytes);
     let mut system: Vec<&[u8]> = Vec::new();
     let mut turns: Option<&[u8]> = None;
-    for (name, value) in json::top_level_members(body) {
+    for &(name, value) in members {
         match name {
             b"prompt_cache_key" if dialect == Dialect::OpenAi && hint.is_none() => {
                 hint = json::plain_string(value).map(str::as_bytes);
@@ -154,7 +155,8 @@ mod tests {
     use super::*;
 
     fn of(dialect: Dialect, model: &str, body: &str) -> Option<Conversation> {
-        conversation(dialect, Some(model), body.as_bytes(), std::iter::empty())
+        let survey = crate::keys::affinity::BodySurvey::of(dialect, body.as_bytes());
+        conversation(dialect, Some(model), &survey.members, std::iter::empty())
     }
 
     #[test]
@@ -238,7 +240,7 @@ mod tests {
         let header = conversation(
             Dialect::Gemini,
             None,
-            b"{}",
+            &[],
             [("X-Session-Id", "s-1")].into_iter(),
         )
         .unwrap();
