@@ -288,11 +288,11 @@ pub fn looks_like_json(body: &[u8]) -> bool {
     matches!(body.get(skip_space(body, 0)), Some(b'{' | b'['))
 }
 
-/// Every member in `body`, at any depth, whose value is a whole number, as (raw name, value),
-/// in order: one scan from quote to quote, as [`string_fields`] (`null` and fractions are
-/// skipped, and so is a name with an escape).
-pub fn number_members(body: &[u8]) -> Vec<(&[u8], u64)> {
-    let mut found = Vec::new();
+/// Every member in `body`, at any depth, whose value is a whole number, shown to `each` as
+/// (raw name, value), in order: one scan from quote to quote, as [`string_fields`] (`null` and
+/// fractions are skipped, and so is a name with an escape). Nothing is collected: an answer's
+/// usage is read from it on every request.
+pub fn number_members<'a>(body: &'a [u8], mut each: impl FnMut(&'a [u8], u64)) {
     let mut at = 0;
     while let Some(open) = body.get(at..).and_then(|rest| find_byte(rest, b'"')) {
         let Some((name, end)) = string_at(body, at + open) else {
@@ -310,18 +310,15 @@ pub fn number_members(body: &[u8]) -> Vec<(&[u8], u64)> {
         }
         i = skip_space(rest, i + 1);
         let digits = rest[i..].iter().take_while(|b| b.is_ascii_digit()).count();
-        if digits > 0
-            && digits <= 19
-            && !matches!(rest.get(i + digits), Some(b'.' | b'e' | b'E'))
-            && let Ok(n) = std::str::from_utf8(&rest[i..i + digits])
-                .unwrap_or("")
-                .parse()
-        {
-            found.push((name, n));
+        // At most 19 digits: always within a u64.
+        if digits > 0 && digits <= 19 && !matches!(rest.get(i + digits), Some(b'.' | b'e' | b'E')) {
+            let n = rest[i..i + digits]
+                .iter()
+                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            each(name, n);
         }
         at = end + i;
     }
-    found
 }
 
 /// The string values of fields named `name`, found lazily from the start of `body`.
@@ -385,9 +382,16 @@ mod tests {
     fn finds_numbers() {
         let body = br#"{"usage":{"prompt_tokens": 12,"prompt_tokens_details":{"cached_tokens":8},"x":1.5,"prompt_tokens":null}}"#;
         let want: Vec<(&[u8], u64)> = vec![(b"prompt_tokens", 12), (b"cached_tokens", 8)];
-        assert_eq!(number_members(body), want);
+        let collect = |body| {
+            let mut found = Vec::new();
+            number_members(body, |name, n| found.push((name, n)));
+            found
+        };
+        assert_eq!(collect(body), want);
         let escaped = br#"{"a\"b":3,"content":"say \"n\": 4","n":5}"#;
-        assert_eq!(number_members(escaped).last(), Some(&(&b"n"[..], 5)));
+        assert_eq!(collect(escaped).last(), Some(&(&b"n"[..], 5)));
+        let widest = br#"{"a":9999999999999999999,"b":18446744073709551616}"#;
+        assert_eq!(collect(widest), [(&b"a"[..], 9_999_999_999_999_999_999)]);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::json::{self, Member};
 /// A request seen as part of a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conversation {
-    /// The conversation's name in the session table (an FNV-1a hash, see [`Fnv`]).
+    /// The conversation's name in the session table (see [`Fingerprint`]).
     pub key: u64,
     /// Named by the client (a hint), not a fingerprint.
     pub explicit: bool,
@@ -78,7 +78,7 @@ pub fn conversation<'a>(
             _ => {}
         }
     }
-    let mut hash = Fnv::default();
+    let mut hash = Fingerprint::default();
     let mut field = |bytes: &[u8]| {
         hash.update(&(bytes.len() as u64).to_le_bytes());
         hash.update(bytes);
@@ -104,7 +104,11 @@ pub fn conversation<'a>(
     let (Some(first), continuing) = holds_an_answer(turns) else {
         return None;
     };
-    field(first);
+    // The list up to the end of the first message: system or developer messages kept in it
+    // (OpenAI chat) are part of the conversation's identity too.
+    // (`first` lies in `turns`; were it not, the message alone would do.)
+    let prefix_len = (first.as_ptr() as usize).wrapping_sub(turns.as_ptr() as usize) + first.len();
+    field(turns.get(..prefix_len).unwrap_or(first));
     Some(Conversation {
         key: hash.0,
         explicit: false,
@@ -131,22 +135,39 @@ fn holds_an_answer(turns: &[u8]) -> (Option<&[u8]>, bool) {
     (Some(first), continuing)
 }
 
-/// FNV-1a, 64 bits: a hash the same in every process, instance and version (the table is
-/// shared through Redis), cheap for a few hundred bytes, and not a secret.
-struct Fnv(u64);
+/// A 64-bit hash of byte strings, eight bytes a step: each little-endian word is xored in,
+/// multiplied by an odd constant and folded (the high half onto the low). The same in every
+/// process and instance (the table is shared through Redis), not a secret, and ~8 times fewer
+/// steps than FNV-1a's byte at a time, which it replaced (a conversation fingerprinted by an
+/// older version is recognised as new once).
+struct Fingerprint(u64);
 
-impl Default for Fnv {
-    fn default() -> Fnv {
-        Fnv(0xcbf2_9ce4_8422_2325)
+impl Default for Fingerprint {
+    fn default() -> Fingerprint {
+        Fingerprint(0xcbf2_9ce4_8422_2325)
     }
 }
 
-impl Fnv {
+impl Fingerprint {
     fn update(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let mut eight = [0u8; 8];
+            eight.copy_from_slice(word);
+            self.mix(u64::from_le_bytes(eight));
         }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            // Zero-padded: every field is preceded by its length, so padding is unambiguous.
+            let mut eight = [0u8; 8];
+            eight[..rest.len()].copy_from_slice(rest);
+            self.mix(u64::from_le_bytes(eight));
+        }
+    }
+
+    fn mix(&mut self, word: u64) {
+        let mixed = (self.0 ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = mixed ^ (mixed >> 32);
     }
 }
 
@@ -174,6 +195,9 @@ mod tests {
         assert!(!a.pinned() && b.pinned() && !c.pinned());
         let mini = of(Dialect::OpenAi, "gpt-4o-mini", turn1).unwrap();
         assert_ne!(a.key, mini.key, "another model, another cache");
+        let other_system = turn1.replace("Be brief.", "Be verbose.");
+        let d = of(Dialect::OpenAi, "gpt-4o", &other_system).unwrap();
+        assert_ne!(a.key, d.key, "another system prompt, another conversation");
     }
 
     #[test]

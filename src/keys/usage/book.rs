@@ -14,16 +14,25 @@ pub const MAX_MODELS: usize = 64;
 /// The model name under which overflow and model-less requests are counted.
 pub const OTHER: &str = "-";
 
-/// The name a model is counted under: itself, or [`OTHER`] for a request without one and for
-/// a new model once `MAX_MODELS` are counted (`known` says whether it already is, `counted` how
-/// many are).
-pub fn slot(model: Option<&str>, known: impl Fn(&str) -> bool, counted: usize) -> &str {
+/// The counts of `model` in `models` (made with `make` when it has none yet): its own, or
+/// [`OTHER`]'s for a request without a model and for a new model once `MAX_MODELS` are
+/// counted. A model already counted costs two hash look-ups and no allocation.
+pub fn counts_of<'m, V>(
+    models: &'m mut HashMap<String, V>,
+    model: Option<&str>,
+    make: impl FnOnce() -> V,
+) -> Option<&'m mut V> {
     let model = model.unwrap_or(OTHER);
-    if known(model) || counted < MAX_MODELS {
+    let known = models.contains_key(model);
+    let name = if known || models.len() < MAX_MODELS {
         model
     } else {
         OTHER
+    };
+    if !known {
+        models.entry(name.to_string()).or_insert_with(make);
     }
+    models.get_mut(name)
 }
 
 /// What one key spent on one model.
@@ -61,11 +70,7 @@ impl UsageBook {
     pub fn add(&self, key: u64, model: Option<&str>, answers: u64, tokens: Tokens) {
         let mut spent = self.lock();
         let models = spent.entry(key).or_default();
-        let name = slot(model, |m| models.contains_key(m), models.len());
-        if !models.contains_key(name) {
-            models.insert(name.to_string(), Spent::default());
-        }
-        let Some(entry) = models.get_mut(name) else {
+        let Some(entry) = counts_of(models, model, Spent::default) else {
             return;
         };
         entry.answers += answers;

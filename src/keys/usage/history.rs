@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::book::slot;
+use super::book::counts_of;
 use super::tokens::Tokens;
 
 /// Minutes kept.
@@ -59,12 +59,7 @@ impl History {
         let at = minute_of(wall);
         let mut rings = self.lock();
         let models = rings.entry(key).or_default();
-        let name = slot(model, |m| models.contains_key(m), models.len());
-        // Looked up by name first: the common case allocates nothing.
-        if !models.contains_key(name) {
-            models.insert(name.to_string(), [Minute::default(); MINUTES]);
-        }
-        let Some(ring) = models.get_mut(name) else {
+        let Some(ring) = counts_of(models, model, || [Minute::default(); MINUTES]) else {
             return;
         };
         let bucket = &mut ring[(at % MINUTES as u64) as usize];

@@ -81,17 +81,27 @@ impl UsageMeter {
     /// Looks at the next piece of the answer.
     pub fn see(&mut self, bytes: &[u8]) {
         let mut at = 0;
-        // A needle split between the last piece and this one: it starts in `carry`.
+        // A needle split between the pieces before and this one: it starts in `carry`.
         if self.open.is_none() && self.carried > 0 {
-            let carried = &self.carry[..self.carried];
-            let straddling = (0..carried.len()).find(|&pos| {
-                let (in_carry, rest) = NEEDLE.split_at(carried.len() - pos);
-                carried[pos..] == *in_carry && bytes.starts_with(rest)
-            });
+            const TAIL: usize = NEEDLE.len() - 1;
+            let head = bytes.len().min(TAIL);
+            let mut window = [0u8; 2 * TAIL];
+            window[..self.carried].copy_from_slice(&self.carry[..self.carried]);
+            window[self.carried..self.carried + head].copy_from_slice(&bytes[..head]);
+            let window = &window[..self.carried + head];
+            let straddling = (0..self.carried).find(|&pos| window[pos..].starts_with(NEEDLE));
             if let Some(pos) = straddling {
                 // Its first part is in `carry`; the copy goes on from this piece's start.
-                let from_carry = self.carried - pos;
-                self.start(&NEEDLE[..from_carry]);
+                self.start(&NEEDLE[..self.carried - pos]);
+            } else if head < TAIL {
+                // A piece shorter than the needle holds none of its own, but may be the middle
+                // of one: the carry grows by it.
+                let keep = window.len().min(TAIL);
+                let mut tail = [0u8; TAIL];
+                tail[..keep].copy_from_slice(&window[window.len() - keep..]);
+                self.carry = tail;
+                self.carried = keep;
+                return;
             }
         }
         self.carried = 0;
@@ -131,14 +141,18 @@ impl UsageMeter {
         let (Some(open), Some(snippet)) = (self.open.as_mut(), self.snippets.last_mut()) else {
             return bytes.len();
         };
-        for (i, &b) in bytes.iter().enumerate() {
-            snippet.push(b);
-            if open.step(b) || snippet.len() >= SNIPPET {
-                self.open = None;
-                return i + 1;
-            }
+        // Where the value ends (or the snippet fills up) first, then one copy.
+        let room = SNIPPET.saturating_sub(snippet.len());
+        let within = bytes.len().min(room);
+        let (taken, closed) = match bytes[..within].iter().position(|&b| open.step(b)) {
+            Some(end) => (end + 1, true),
+            None => (within, within == room),
+        };
+        snippet.extend_from_slice(&bytes[..taken]);
+        if closed {
+            self.open = None;
         }
-        bytes.len()
+        taken
     }
 
     /// The usage the answer reported, if it reported any.
@@ -175,6 +189,14 @@ mod tests {
             let (a, b) = answer.split_at(split);
             assert_eq!(metered(Dialect::OpenAi, &[a, b]), want, "split at {split}");
         }
+        // Pieces shorter than the needle: `"usage` spread over three or more reads.
+        for size in 1..=8 {
+            let pieces: Vec<&str> = (0..answer.len())
+                .step_by(size)
+                .map(|at| &answer[at..(at + size).min(answer.len())])
+                .collect();
+            assert_eq!(metered(Dialect::OpenAi, &pieces), want, "pieces of {size}");
+        }
         let stream = [
             "data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":10,\"cache_read_input_tokens\":90,\"output_tokens\":1}}}\n\n",
             "data: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"hi\"}}\n\n",
@@ -189,6 +211,29 @@ mod tests {
                 reasoning: 0
             })
         );
+        // A usage object longer than SNIPPET is cut there, wherever the pieces split it.
+        let long = format!(
+            r#"{{"usage":{{"prompt_tokens":5,"x":"{}","completion_tokens":2}}}}"#,
+            "a".repeat(2 * SNIPPET)
+        );
+        for size in [1, 7, 100, SNIPPET, long.len()] {
+            let pieces: Vec<&str> = (0..long.len())
+                .step_by(size)
+                .map(|at| &long[at..(at + size).min(long.len())])
+                .collect();
+            let mut meter = UsageMeter::new(Dialect::OpenAi);
+            pieces.iter().for_each(|piece| meter.see(piece.as_bytes()));
+            assert_eq!(
+                meter.snippets.iter().map(Vec::len).max(),
+                Some(SNIPPET),
+                "pieces of {size}"
+            );
+            assert_eq!(
+                meter.finish().map(|t| (t.input, t.output)),
+                Some((5, 0)),
+                "pieces of {size}"
+            );
+        }
         assert_eq!(metered(Dialect::OpenAi, &[r#"{"usage":null,"x":1}"#]), None);
         assert_eq!(
             metered(Dialect::OpenAi, &["data: {\"choices\":[]}\n\n"]),

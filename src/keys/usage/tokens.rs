@@ -9,6 +9,50 @@
 use crate::json::number_members;
 use crate::keys::affinity::Dialect;
 
+/// The counts a usage report may hold, in every provider's names; the largest where a name
+/// comes twice.
+#[derive(Default)]
+struct Counts {
+    prompt_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cached_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    prompt_token_count: Option<u64>,
+    cached_content_token_count: Option<u64>,
+    candidates_token_count: Option<u64>,
+    thoughts_token_count: Option<u64>,
+}
+
+impl Counts {
+    /// The counts in `snippet`: one pass, no list.
+    fn of(snippet: &[u8]) -> Counts {
+        let mut counts = Counts::default();
+        number_members(snippet, |name, n| {
+            let slot = match name {
+                b"prompt_tokens" => &mut counts.prompt_tokens,
+                b"input_tokens" => &mut counts.input_tokens,
+                b"completion_tokens" => &mut counts.completion_tokens,
+                b"output_tokens" => &mut counts.output_tokens,
+                b"cached_tokens" => &mut counts.cached_tokens,
+                b"reasoning_tokens" => &mut counts.reasoning_tokens,
+                b"cache_read_input_tokens" => &mut counts.cache_read_input_tokens,
+                b"cache_creation_input_tokens" => &mut counts.cache_creation_input_tokens,
+                b"promptTokenCount" => &mut counts.prompt_token_count,
+                b"cachedContentTokenCount" => &mut counts.cached_content_token_count,
+                b"candidatesTokenCount" => &mut counts.candidates_token_count,
+                b"thoughtsTokenCount" => &mut counts.thoughts_token_count,
+                _ => return,
+            };
+            *slot = Some(slot.map_or(n, |seen| seen.max(n)));
+        });
+        counts
+    }
+}
+
 /// Tokens of one answer (or a sum of answers).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tokens {
@@ -26,30 +70,23 @@ impl Tokens {
     /// The usage one snippet of an answer reports (`"usage":{…}` or `"usageMetadata":{…}`),
     /// `None` when it holds none (`"usage":null`).
     pub fn from_snippet(dialect: Dialect, snippet: &[u8]) -> Option<Tokens> {
-        let members = number_members(snippet);
-        let first = |name: &str| {
-            members
-                .iter()
-                .filter(|(member, _)| *member == name.as_bytes())
-                .map(|&(_, n)| n)
-                .max()
-        };
+        let c = Counts::of(snippet);
         let tokens = match dialect {
             Dialect::Gemini => {
-                let thoughts = first("thoughtsTokenCount").unwrap_or(0);
+                let thoughts = c.thoughts_token_count.unwrap_or(0);
                 Tokens {
-                    input: first("promptTokenCount")?,
-                    cached: first("cachedContentTokenCount").unwrap_or(0),
-                    output: first("candidatesTokenCount").unwrap_or(0) + thoughts,
+                    input: c.prompt_token_count?,
+                    cached: c.cached_content_token_count.unwrap_or(0),
+                    output: c.candidates_token_count.unwrap_or(0) + thoughts,
                     reasoning: thoughts,
                 }
             }
             Dialect::Anthropic => {
                 // input_tokens counts only what came after the last cache breakpoint.
-                let read = first("cache_read_input_tokens").unwrap_or(0);
-                let written = first("cache_creation_input_tokens").unwrap_or(0);
-                let input = first("input_tokens");
-                let output = first("output_tokens");
+                let read = c.cache_read_input_tokens.unwrap_or(0);
+                let written = c.cache_creation_input_tokens.unwrap_or(0);
+                let input = c.input_tokens;
+                let output = c.output_tokens;
                 if input.is_none() && output.is_none() {
                     return None;
                 }
@@ -61,16 +98,16 @@ impl Tokens {
                 }
             }
             Dialect::OpenAi => {
-                let input = first("prompt_tokens").or_else(|| first("input_tokens"));
-                let output = first("completion_tokens").or_else(|| first("output_tokens"));
+                let input = c.prompt_tokens.or(c.input_tokens);
+                let output = c.completion_tokens.or(c.output_tokens);
                 if input.is_none() && output.is_none() {
                     return None;
                 }
                 Tokens {
                     input: input.unwrap_or(0),
-                    cached: first("cached_tokens").unwrap_or(0),
+                    cached: c.cached_tokens.unwrap_or(0),
                     output: output.unwrap_or(0),
-                    reasoning: first("reasoning_tokens").unwrap_or(0),
+                    reasoning: c.reasoning_tokens.unwrap_or(0),
                 }
             }
         };
