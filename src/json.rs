@@ -160,18 +160,43 @@ pub fn plain_values(body: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// A member of a JSON object: its raw name and its raw value bytes.
 pub type Member<'a> = (&'a [u8], &'a [u8]);
 
-/// One pass over `body` for what the request path needs of it: the members of its top-level
-/// object, as [`top_level_members`] gives them (none if it is no object), while every string
-/// value without escapes, at any depth, is shown to `value`, as [`plain_values`] finds them.
-/// Strings are jumped over eight bytes at a time; the bytes between them are looked at once.
-pub fn survey<'a>(body: &'a [u8], mut value: impl FnMut(&'a [u8])) -> Vec<Member<'a>> {
+/// The first elements of the arrays among the top-level members, as (the member's index in
+/// [`Survey::members`], the element's raw bytes).
+pub type Head<'a> = (usize, &'a [u8]);
+
+/// Most elements of one array kept as heads: a conversation is told by its first messages.
+pub const HEAD_ELEMENTS: usize = 4;
+
+/// What one pass over a JSON body found.
+#[derive(Debug, Default, PartialEq)]
+pub struct Survey<'a> {
+    /// The members of its top-level object, as [`top_level_members`] gives them (none if it
+    /// is no object).
+    pub members: Vec<Member<'a>>,
+    /// The first [`HEAD_ELEMENTS`] elements of each of those members that is an array, as
+    /// [`array_elements`] gives them, in order.
+    pub heads: Vec<Head<'a>>,
+}
+
+/// One pass over `body` for what the request path needs of it (see [`Survey`]), while every
+/// string value without escapes, at any depth, is shown to `value`, as [`plain_values`] finds
+/// them. Strings are jumped over eight bytes at a time; the bytes between them are looked at
+/// once.
+pub fn survey<'a>(body: &'a [u8], mut value: impl FnMut(&'a [u8])) -> Survey<'a> {
     // A chat request has about eight members: one allocation, no growing.
-    let mut members = Vec::with_capacity(8);
+    let mut found = Survey {
+        members: Vec::with_capacity(8),
+        heads: Vec::new(),
+    };
     let mut i = skip_space(body, 0);
     let object = body.get(i) == Some(&b'{');
     let mut depth = 0usize;
     // The top-level member being read: its name and where its value starts.
     let mut open: Option<(&[u8], usize)> = None;
+    // Inside a top-level member's array: where its current element starts, and how many
+    // elements have been kept.
+    let mut element: Option<usize> = None;
+    let mut kept = 0;
     while let Some(&b) = body.get(i) {
         match b {
             b'"' => {
@@ -202,12 +227,28 @@ pub fn survey<'a>(body: &'a [u8], mut value: impl FnMut(&'a [u8])) -> Vec<Member
                 }
                 continue;
             }
-            b'{' | b'[' => depth += 1,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth == 2 && b == b'[' && open.is_some_and(|(_, at)| at == i) {
+                    element = Some(i + 1);
+                    kept = 0;
+                }
+            }
             b',' | b'}' | b']' => {
+                if depth == 2
+                    && let Some(from) = element
+                {
+                    let raw = trim(&body[from..i]);
+                    if !raw.is_empty() && kept < HEAD_ELEMENTS {
+                        found.heads.push((found.members.len(), raw));
+                        kept += 1;
+                    }
+                    element = (b == b',').then_some(i + 1);
+                }
                 if depth == 1
                     && let Some((name, at)) = open.take()
                 {
-                    members.push((name, trim_end(&body[at..i])));
+                    found.members.push((name, trim(&body[at..i])));
                 }
                 if b != b',' {
                     depth = depth.saturating_sub(1);
@@ -217,16 +258,21 @@ pub fn survey<'a>(body: &'a [u8], mut value: impl FnMut(&'a [u8])) -> Vec<Member
         }
         i += 1;
     }
-    members
+    // A body cut short: the heads of a member that never closed go with it.
+    let members = found.members.len();
+    found.heads.retain(|&(member, _)| member < members);
+    found
 }
 
-/// `bytes` without the white space at their end.
-fn trim_end(bytes: &[u8]) -> &[u8] {
+/// `bytes` without the white space at either end.
+fn trim(bytes: &[u8]) -> &[u8] {
+    let space = |b: &u8| matches!(b, b' ' | b'\n' | b'\r' | b'\t');
+    let start = bytes.iter().position(|b| !space(b)).unwrap_or(bytes.len());
     let end = bytes
         .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
-        .map_or(0, |at| at + 1);
-    &bytes[..end]
+        .rposition(|b| !space(b))
+        .map_or(start, |at| at + 1);
+    &bytes[start..end]
 }
 
 /// The raw contents of the string starting at `i` (escapes left as they are) and the index
@@ -430,7 +476,7 @@ mod tests {
     /// and on broken ones.
     #[test]
     fn a_survey_is_members_and_plain_values_in_one_pass() {
-        let bodies: [&[u8]; 12] = [
+        let bodies: [&[u8]; 15] = [
             br#" {"model":"m","messages":[{"role":"system"},{"role":"user","content":"a \"q\""}],"n":1} "#,
             br#"{ "a" : [1, {"model":"no"}] , "model" : "yes" , "t":true,"z" : null }"#,
             br#"{"s":"a \"model\": \"no\" }","model":"m","o":{"x":{"y":["f","g"]}}}"#,
@@ -443,13 +489,26 @@ mod tests {
             br#"{"a":"x"} trailing "y""#,
             b"",
             br#"{"input":"just a string","k":[]}"#,
+            br#"{"m":[ {"a":[1,2]} , "s", [3, {"b":"]"}], 4, 5.5 ,{}],"e":[ ],"t":[1,]}"#,
+            br#"{"x":{"deep":[1,2]},"y":[[1],[2]]}"#,
+            br#"{"cut":[{"a":1},{"b":"#,
         ];
         for body in bodies {
             let mut values = Vec::new();
-            let members = survey(body, |v| values.push(v));
+            let found = survey(body, |v| values.push(v));
             let shown = String::from_utf8_lossy(body);
             let walked: Vec<Member> = top_level_members(body).collect();
-            assert_eq!(members, walked, "members of {shown}");
+            assert_eq!(found.members, walked, "members of {shown}");
+            let heads: Vec<Head> = walked
+                .iter()
+                .enumerate()
+                .flat_map(|(at, (_, value))| {
+                    array_elements(value)
+                        .take(HEAD_ELEMENTS)
+                        .map(move |element| (at, element))
+                })
+                .collect();
+            assert_eq!(found.heads, heads, "heads of {shown}");
             let plain: Vec<&[u8]> = plain_values(body).collect();
             assert_eq!(values, plain, "values of {shown}");
         }

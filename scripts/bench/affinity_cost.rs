@@ -65,18 +65,13 @@ fn main() {
             black_box(conversation(
                 Dialect::OpenAi,
                 Some("gpt-4o"),
-                black_box(&survey.members),
+                black_box(&survey),
                 std::iter::empty(),
             ));
         });
         let now = Instant::now();
-        let found = conversation(
-            Dialect::OpenAi,
-            Some("gpt-4o"),
-            &survey.members,
-            std::iter::empty(),
-        )
-        .unwrap();
+        let found =
+            conversation(Dialect::OpenAi, Some("gpt-4o"), &survey, std::iter::empty()).unwrap();
         let lookups = per_run(200_000, || {
             black_box(affinity.resource_pin(&[], &keys, now));
             black_box(affinity.session_owner(found.key, now));

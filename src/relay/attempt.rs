@@ -194,12 +194,8 @@ pub(crate) fn attempt(proxy: &Proxy, provider: &Provider, request: &Request) -> 
     }
     if proxy.limits.session_affinity && rotation.skip.is_none() {
         let headers = request.upstream.incoming.headers();
-        rotation.conversation = conversation(
-            affinity.dialect,
-            request.model,
-            &request.survey.members,
-            headers,
-        );
+        rotation.conversation =
+            conversation(affinity.dialect, request.model, request.survey, headers);
         rotation.preferred = rotation
             .conversation
             .filter(Conversation::pinned)

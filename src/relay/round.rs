@@ -25,6 +25,7 @@ use crate::provider::Provider;
 use crate::proxy::Proxy;
 use crate::respond::answer::{Answer, SavedAnswer};
 use crate::respond::stream::SseEnds;
+use crate::scan::find_bytes;
 
 /// Largest error body from upstream kept to relay or to read a retry delay from.
 const MAX_ERROR_BODY: u64 = 1024 * 1024;
@@ -429,9 +430,10 @@ fn learn_from(
             found.join(", ")
         );
     }
+    // The body's members are at hand; the URL is searched only for a body that asks.
     let stored = affinity.dialect == Dialect::OpenAi
-        && upstream.url.contains("/chat/completions")
-        && survey.asks_to_store();
+        && survey.asks_to_store()
+        && upstream.url.contains("/chat/completions");
     if !stored && !affinity.dialect.answer_may_name_objects(&upstream.url) {
         return None;
     }
@@ -549,7 +551,8 @@ fn relay_answer(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     // Usage likewise: it is in JSON answers and in streams.
-    let readable = content_type.contains("json") || content_type.contains("event-stream");
+    let readable = find_bytes(content_type.as_bytes(), b"json").is_some()
+        || find_bytes(content_type.as_bytes(), b"event-stream").is_some();
     let stream = content_type.starts_with("text/event-stream");
     let watch = watch.filter(|_| readable);
     let metered = metered.filter(|_| readable);

@@ -1,15 +1,17 @@
 //! A request's JSON body, read once for everything affinity and the relay want of it: its
-//! top-level members (a conversation's messages and hints, `store`) and the ids its strings
-//! name. Before, each of those walked the body again (callgrind: ~5k instructions a request).
+//! top-level members (a conversation's messages and hints, `store`), the first elements of
+//! its arrays (a conversation's first messages) and the ids its strings name. Before, each of those walked the body again (callgrind: ~5k instructions a request).
 
 use super::ids::Dialect;
-use crate::json::{self, Member};
+use crate::json::{self, Head, Member};
 
 /// What one pass over a request's body found.
 #[derive(Debug, Default)]
 pub struct BodySurvey<'a> {
     /// The members of the body's top-level object, in order (none if it is no JSON object).
     pub members: Vec<Member<'a>>,
+    /// The first elements of the members that are arrays (a conversation's first messages).
+    pub heads: Vec<Head<'a>>,
     /// The ids of per-account objects its string values name, each once, in order.
     pub ids: Vec<&'a str>,
 }
@@ -22,14 +24,18 @@ impl<'a> BodySurvey<'a> {
             return BodySurvey::default();
         }
         let mut ids: Vec<&str> = Vec::new();
-        let members = json::survey(body, |raw| {
+        let found = json::survey(body, |raw| {
             if let Some(id) = dialect.id_of_raw(raw)
                 && !ids.contains(&id)
             {
                 ids.push(id);
             }
         });
-        BodySurvey { members, ids }
+        BodySurvey {
+            members: found.members,
+            heads: found.heads,
+            ids,
+        }
     }
 
     /// Whether the body asks OpenAI to store its chat completion (`"store": true`).

@@ -4,8 +4,9 @@
 //! model, the system prompt, the first message). The body is walked member by member and the
 //! chosen bytes hashed; no JSON tree is built.
 
+use super::BodySurvey;
 use super::ids::Dialect;
-use crate::json::{self, Member};
+use crate::json::{self, HEAD_ELEMENTS, Head};
 
 /// A request seen as part of a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,11 +49,11 @@ const ANSWER_TYPES: [&str; 9] = [
 const SYSTEM_ROLES: [&str; 2] = ["system", "developer"];
 
 /// The conversation a request belongs to, or `None` when it is none (no messages at all), from
-/// the top-level members of its body (its [`BodySurvey`](super::BodySurvey)).
+/// the top-level members of its body and their first elements (its [`BodySurvey`]).
 pub fn conversation<'a>(
     dialect: Dialect,
     model: Option<&str>,
-    members: &[Member],
+    body: &BodySurvey,
     mut headers: impl Iterator<Item = (&'a str, &'a str)>,
 ) -> Option<Conversation> {
     let hint_header = headers
@@ -62,8 +63,9 @@ pub fn conversation<'a>(
         .map(|(_, value)| value.trim());
     let mut hint: Option<&[u8]> = hint_header.map(str::as_bytes);
     let mut system: Vec<&[u8]> = Vec::new();
-    let mut turns: Option<&[u8]> = None;
-    for &(name, value) in members {
+    // The list of messages, and which member it is.
+    let mut turns: Option<(usize, &[u8])> = None;
+    for (at, &(name, value)) in body.members.iter().enumerate() {
         match name {
             b"prompt_cache_key" if dialect == Dialect::OpenAi && hint.is_none() => {
                 hint = json::plain_string(value).map(str::as_bytes);
@@ -74,7 +76,7 @@ pub fn conversation<'a>(
             b"system" | b"instructions" | b"systemInstruction" | b"system_instruction" => {
                 system.push(value);
             }
-            b"messages" | b"contents" | b"input" => turns = Some(value),
+            b"messages" | b"contents" | b"input" => turns = Some((at, value)),
             _ => {}
         }
     }
@@ -86,14 +88,14 @@ pub fn conversation<'a>(
     if let Some(hint) = hint.filter(|h| !h.is_empty()) {
         field(b"hint");
         field(hint);
-        let continuing = turns.is_some_and(|t| holds_an_answer(t).1);
+        let continuing = turns.is_some_and(|t| holds_an_answer(t, &body.heads).1);
         return Some(Conversation {
             key: hash.0,
             explicit: true,
             continuing,
         });
     }
-    let turns = turns?;
+    let (turns_at, turns) = turns?;
     field(b"fingerprint");
     field(model.unwrap_or("").as_bytes());
     for part in &system {
@@ -101,7 +103,7 @@ pub fn conversation<'a>(
     }
     // Only a list of messages is a conversation: a Responses `input` given as one string, or
     // an embeddings `input` (strings), records nothing (it would only crowd the table).
-    let (Some(first), continuing) = holds_an_answer(turns) else {
+    let (Some(first), continuing) = holds_an_answer((turns_at, turns), &body.heads) else {
         return None;
     };
     // The list up to the end of the first message: system or developer messages kept in it
@@ -117,9 +119,29 @@ pub fn conversation<'a>(
 }
 
 /// The first message that is not part of the system prompt, and whether the turn after it is
-/// an earlier answer.
-fn holds_an_answer(turns: &[u8]) -> (Option<&[u8]>, bool) {
-    let mut elements = json::array_elements(turns);
+/// an earlier answer: from the list's first elements that the survey kept (`heads` of the
+/// member at `at`), or, past those (more system messages than they hold), by walking the list.
+fn holds_an_answer<'t>(
+    (at, turns): (usize, &'t [u8]),
+    heads: &[Head<'t>],
+) -> (Option<&'t [u8]>, bool) {
+    let kept = || {
+        heads
+            .iter()
+            .filter(move |(member, _)| *member == at)
+            .map(|&(_, element)| element)
+    };
+    let count = kept().count();
+    // Fewer kept than could be: that was the whole list. Otherwise the rest is walked, and
+    // only if the kept ones do not settle it.
+    let rest = (count == HEAD_ELEMENTS)
+        .then(|| json::array_elements(turns).skip(count))
+        .into_iter()
+        .flatten();
+    first_and_next(kept().chain(rest))
+}
+
+fn first_and_next<'t>(mut elements: impl Iterator<Item = &'t [u8]>) -> (Option<&'t [u8]>, bool) {
     let first = elements.find(|element| {
         let role = json::top_level_string(element, "role");
         !role.is_some_and(|r| SYSTEM_ROLES.contains(&r))
@@ -176,8 +198,8 @@ mod tests {
     use super::*;
 
     fn of(dialect: Dialect, model: &str, body: &str) -> Option<Conversation> {
-        let survey = crate::keys::affinity::BodySurvey::of(dialect, body.as_bytes());
-        conversation(dialect, Some(model), &survey.members, std::iter::empty())
+        let survey = BodySurvey::of(dialect, body.as_bytes());
+        conversation(dialect, Some(model), &survey, std::iter::empty())
     }
 
     #[test]
@@ -202,7 +224,19 @@ mod tests {
 
     #[test]
     fn every_dialect_shows_a_later_turn() {
-        let cases: [(Dialect, &str, bool); 6] = [
+        let cases: [(Dialect, &str, bool); 8] = [
+            // More system messages than the survey keeps as heads: the rest of the list is
+            // walked.
+            (
+                Dialect::OpenAi,
+                r#"{"messages":[{"role":"system","content":"1"},{"role":"developer","content":"2"},{"role":"system","content":"3"},{"role":"system","content":"4"},{"role":"user","content":"a"},{"role":"assistant","content":"b"}]}"#,
+                true,
+            ),
+            (
+                Dialect::OpenAi,
+                r#"{"messages":[{"role":"system","content":"1"},{"role":"system","content":"2"},{"role":"system","content":"3"},{"role":"user","content":"a"}]}"#,
+                false,
+            ),
             (
                 Dialect::Gemini,
                 r#"{"contents":[{"role":"user","parts":[{"text":"a"}]},{"role":"model","parts":[{"text":"b"}]}]}"#,
@@ -264,7 +298,7 @@ mod tests {
         let header = conversation(
             Dialect::Gemini,
             None,
-            &[],
+            &BodySurvey::default(),
             [("X-Session-Id", "s-1")].into_iter(),
         )
         .unwrap();

@@ -6,7 +6,7 @@
 
 use super::tokens::Tokens;
 use crate::keys::affinity::Dialect;
-use crate::scan::find_quoted;
+use crate::scan::find_bytes;
 
 /// Largest usage object copied.
 const SNIPPET: usize = 1024;
@@ -110,7 +110,7 @@ impl UsageMeter {
                 at += self.copy(&bytes[at..]);
                 continue;
             }
-            match find_quoted(&bytes[at..], NEEDLE) {
+            match find_bytes(&bytes[at..], NEEDLE) {
                 Some(pos) => {
                     self.start(&[]);
                     at += pos;
