@@ -30,8 +30,17 @@ pub fn string_fields<'a>(body: &'a [u8], name: &str) -> Vec<&'a str> {
 
 /// The string value of member `name` of the top-level object in `body`, skipping nested
 /// objects and arrays (a tool call's `{"model": ...}` argument is not the request's model). The
-/// scan stops at that member; anything malformed gives `None`.
+/// scan stops at that member; anything malformed, or a value with an escape, gives `None`.
 pub fn top_level_string<'a>(body: &'a [u8], name: &str) -> Option<&'a str> {
+    top_level_raw(body, name.as_bytes())
+        .filter(|raw| !raw.contains(&b'\\'))
+        .and_then(|raw| std::str::from_utf8(raw).ok())
+}
+
+/// The raw bytes between the quotes of the string value of member `name` of the top-level
+/// object in `body` (escapes left as they are), as [`top_level_string`] finds it: for a value
+/// compared with known words (a message's role), which needs no UTF-8 check.
+pub fn top_level_raw<'a>(body: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     // Not `top_level_members`: this stops at the member, without skipping its value, and runs
     // for every message of every request (callgrind: ~600 instructions a request less).
     let mut i = skip_space(body, 0);
@@ -47,11 +56,8 @@ pub fn top_level_string<'a>(body: &'a [u8], name: &str) -> Option<&'a str> {
             return None;
         }
         i = skip_space(body, i + 1);
-        if key == name.as_bytes() {
-            let (value, _) = string_at(body, i)?;
-            return std::str::from_utf8(value)
-                .ok()
-                .filter(|v| !v.contains('\\'));
+        if key == name {
+            return string_at(body, i).map(|(value, _)| value);
         }
         i = skip_space(body, skip_value(body, i)?);
         match body.get(i) {

@@ -32,21 +32,21 @@ impl Conversation {
 const SESSION_HEADERS: [&str; 2] = ["session_id", "x-session-id"];
 
 /// Roles of an earlier answer, and item types that only follow one.
-const ANSWER_ROLES: [&str; 4] = ["assistant", "model", "tool", "function"];
-const ANSWER_TYPES: [&str; 9] = [
-    "function_call",
-    "function_call_output",
-    "reasoning",
-    "custom_tool_call",
-    "custom_tool_call_output",
-    "local_shell_call",
-    "computer_call",
-    "tool_result",
-    "item_reference",
+const ANSWER_ROLES: [&[u8]; 4] = [b"assistant", b"model", b"tool", b"function"];
+const ANSWER_TYPES: [&[u8]; 9] = [
+    b"function_call",
+    b"function_call_output",
+    b"reasoning",
+    b"custom_tool_call",
+    b"custom_tool_call_output",
+    b"local_shell_call",
+    b"computer_call",
+    b"tool_result",
+    b"item_reference",
 ];
 
 /// Roles whose messages are part of the system prompt.
-const SYSTEM_ROLES: [&str; 2] = ["system", "developer"];
+const SYSTEM_ROLES: [&[u8]; 2] = [b"system", b"developer"];
 
 /// The conversation a request belongs to, or `None` when it is none (no messages at all), from
 /// the top-level members of its body and their first elements (its [`BodySurvey`]).
@@ -58,7 +58,7 @@ pub fn conversation<'a>(
 ) -> Option<Conversation> {
     let hint_header = headers
         .find(|(name, value)| {
-            !value.trim().is_empty() && SESSION_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h))
+            SESSION_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h)) && !value.trim().is_empty()
         })
         .map(|(_, value)| value.trim());
     let mut hint: Option<&[u8]> = hint_header.map(str::as_bytes);
@@ -143,7 +143,7 @@ fn holds_an_answer<'t>(
 
 fn first_and_next<'t>(mut elements: impl Iterator<Item = &'t [u8]>) -> (Option<&'t [u8]>, bool) {
     let first = elements.find(|element| {
-        let role = json::top_level_string(element, "role");
+        let role = json::top_level_raw(element, b"role");
         !role.is_some_and(|r| SYSTEM_ROLES.contains(&r))
     });
     let first = first.filter(|element| element.starts_with(b"{"));
@@ -151,8 +151,8 @@ fn first_and_next<'t>(mut elements: impl Iterator<Item = &'t [u8]>) -> (Option<&
         return (None, false);
     };
     let continuing = elements.next().is_some_and(|next| {
-        json::top_level_string(next, "role").is_some_and(|r| ANSWER_ROLES.contains(&r))
-            || json::top_level_string(next, "type").is_some_and(|t| ANSWER_TYPES.contains(&t))
+        json::top_level_raw(next, b"role").is_some_and(|r| ANSWER_ROLES.contains(&r))
+            || json::top_level_raw(next, b"type").is_some_and(|t| ANSWER_TYPES.contains(&t))
     });
     (Some(first), continuing)
 }
