@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::agent::egress::Egress;
 use crate::headers::{CLIENT_CREDENTIAL_PARAM, is_client_credential_header};
 use crate::json;
-use crate::keys::affinity::{Affinity, Dialect};
+use crate::keys::affinity::{Affinity, BodySurvey, Dialect};
 use crate::keys::limits::{Days, Limiter, Rules};
 use crate::keys::usage::UsageBook;
 use crate::keys::{ApiKey, KeyPool};
@@ -121,14 +121,16 @@ impl Provider {
     }
 
     /// The model a request is for, for per-model cooldowns: from the path for Gemini
-    /// (`models/<model>:generateContent`), else from the JSON body's `"model"`.
-    pub fn model_of(&self, rest: &str, body: &[u8]) -> Option<String> {
+    /// (`models/<model>:generateContent`), else from the JSON body's `"model"` (one of the
+    /// members its one pass found).
+    pub fn model_of(&self, rest: &str, body: &BodySurvey) -> Option<String> {
         if self.shape == ErrorShape::Gemini {
             let after = rest.split_once("models/")?.1;
             let model = after.split([':', '/', '?']).next()?;
             return (!model.is_empty() && model.len() <= 200).then(|| model.to_string());
         }
-        json::top_level_string(body, "model")
+        body.member(b"model")
+            .and_then(json::plain_string)
             .filter(|m| !m.is_empty() && m.len() <= 200)
             .map(str::to_string)
     }
@@ -299,7 +301,9 @@ mod tests {
             (&openai, "v1/models", b"", None),
         ];
         for (provider, rest, body, expected) in cases {
-            assert_eq!(provider.model_of(rest, body).as_deref(), expected, "{rest}");
+            let survey = BodySurvey::of(provider.affinity.dialect, body);
+            let model = provider.model_of(rest, &survey);
+            assert_eq!(model.as_deref(), expected, "{rest}");
         }
     }
 

@@ -26,19 +26,25 @@ pub fn find_either(haystack: &[u8], a: u8, b: u8) -> Option<usize> {
 }
 
 /// Where `needle` first is in `haystack`: a jump from one of its first byte to the next (fast
-/// when that byte is rare, as a quote in a body or a `j` in a content type), not a comparison
-/// at every byte. The rest of the needle is compared in place (a `starts_with` was a `memcmp`
-/// call at every quote, and `str::contains` sets up a two-way search for a 4-byte needle).
+/// when that byte is rare, as a `j` in a content type), not a comparison at every byte.
 pub fn find_bytes(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    let (&first, rest) = needle.split_first()?;
-    let mut at = 0;
-    while let Some(pos) = find_byte(&haystack[at..], first) {
-        let start = at + pos;
-        let after = &haystack[start + 1..];
-        if after.len() >= rest.len() && rest.iter().zip(after).all(|(a, b)| a == b) {
+    find_bytes_by(haystack, needle, 0)
+}
+
+/// [`find_bytes`], jumping between the occurrences of `needle[anchor]` instead: the needle's
+/// rarest byte (the `g` of `"usage`, where JSON holds a quote every few bytes). The rest of the
+/// needle is compared in place (a `starts_with` was a `memcmp` call at every stop, and
+/// `str::contains` sets up a two-way search for a 4-byte needle).
+pub fn find_bytes_by(haystack: &[u8], needle: &[u8], anchor: usize) -> Option<usize> {
+    let &rare = needle.get(anchor)?;
+    let mut at = anchor;
+    while let Some(pos) = find_byte(haystack.get(at..)?, rare) {
+        let start = at + pos - anchor;
+        let window = haystack.get(start..start + needle.len());
+        if window.is_some_and(|window| window.iter().zip(needle).all(|(a, b)| a == b)) {
             return Some(start);
         }
-        at = start + 1;
+        at += pos + 1;
     }
     None
 }
@@ -107,6 +113,18 @@ mod tests {
         );
         assert_eq!(find_bytes(b"application/jso", b"json"), None);
         assert_eq!(find_bytes(b"jjjson", b"json"), Some(2));
+        // By the needle's rarest byte: the same first match, at every offset.
+        let needle = br#""usage"#;
+        for at in 0..24 {
+            let mut hay = br#"{"u":"g","usa":"usage ug"}"#.to_vec();
+            hay.extend_from_slice(&hay.clone());
+            hay.splice(at..at, needle.iter().copied());
+            let want = hay.windows(needle.len()).position(|w| w == needle);
+            assert_eq!(find_bytes_by(&hay, needle, 4), want, "at {at}");
+            assert_eq!(find_bytes(&hay, needle), want, "at {at}");
+        }
+        assert_eq!(find_bytes_by(b"usage", needle, 4), None);
+        assert_eq!(find_bytes_by(b"\"usag", needle, 4), None);
         assert_eq!(find_byte(&[1u8; 17], 0), None);
     }
 }

@@ -229,11 +229,11 @@ fn decide(
         Err(error) => return local(error.clone(), shape),
     };
     let query = provider.strip_credentials(query);
-    let model = provider.model_of(rest, body);
+    let survey = BodySurvey::of(provider.affinity.dialect, body);
+    let model = provider.model_of(rest, &survey);
     let Some(upstream) = UpstreamRequest::new(incoming, provider, rest, &query, request_id) else {
         return local(ProxyError::BadRequest, shape);
     };
-    let survey = BodySurvey::of(provider.affinity.dialect, body);
     let request = Request {
         upstream: &upstream,
         body,

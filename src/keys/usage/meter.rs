@@ -6,13 +6,16 @@
 
 use super::tokens::Tokens;
 use crate::keys::affinity::Dialect;
-use crate::scan::find_bytes;
+use crate::scan::find_bytes_by;
 
 /// Largest usage object copied.
 const SNIPPET: usize = 1024;
 
 /// What starts a usage object: `"usage"` and Gemini's `"usageMetadata"` alike.
 const NEEDLE: &[u8] = b"\"usage";
+
+/// The needle's rarest byte, `g`, jumped between (an answer holds a quote every few bytes).
+const RARE: usize = 4;
 
 /// Watches an answer's bytes for its usage.
 pub struct UsageMeter {
@@ -110,7 +113,7 @@ impl UsageMeter {
                 at += self.copy(&bytes[at..]);
                 continue;
             }
-            match find_bytes(&bytes[at..], NEEDLE) {
+            match find_bytes_by(&bytes[at..], NEEDLE, RARE) {
                 Some(pos) => {
                     self.start(&[]);
                     at += pos;
