@@ -48,6 +48,7 @@ mod request_log;
 mod respond;
 mod scan;
 pub mod server;
+mod small_map;
 /// STATE_FILE, under its old path.
 pub use state::file as state_file;
 pub mod state;

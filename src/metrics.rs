@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::small_map::{SmallMap, small_map};
+
 /// Upper bounds (seconds) of the request duration histogram buckets.
 pub const DURATION_BUCKETS: [f64; 13] = [
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -65,12 +67,12 @@ type ClassCounts = [u64; 10];
 /// One provider's counters.
 struct ProviderCounts {
     /// By route: looked up by `&str`, so a request on a known route allocates nothing.
-    routes: HashMap<String, ClassCounts>,
+    routes: SmallMap<String, ClassCounts>,
     durations: Histogram,
 }
 
 struct State {
-    providers: HashMap<String, ProviderCounts>,
+    providers: SmallMap<String, ProviderCounts>,
     /// Distinct (provider, route) pairs counted.
     routes: usize,
     queue_wait: Histogram,
@@ -86,7 +88,7 @@ impl Default for Metrics {
     fn default() -> Metrics {
         Metrics {
             state: Mutex::new(State {
-                providers: HashMap::new(),
+                providers: small_map(),
                 routes: 0,
                 queue_wait: Histogram::new(&QUEUE_WAIT_BUCKETS),
             }),
@@ -105,7 +107,7 @@ impl Metrics {
         } = &mut *state;
         if !providers.contains_key(provider) {
             let fresh = ProviderCounts {
-                routes: HashMap::new(),
+                routes: small_map(),
                 durations: Histogram::new(&DURATION_BUCKETS),
             };
             providers.insert(provider.to_string(), fresh);

@@ -2,11 +2,11 @@
 //! cached input, output and reasoning tokens they reported. One book per provider, kept
 //! across reloads and restarts (STATE_FILE); bounded in models per key.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::tokens::Tokens;
+use crate::small_map::SmallMap;
 
 /// Most models counted apart per key; later ones are counted as [`OTHER`].
 pub const MAX_MODELS: usize = 64;
@@ -18,7 +18,7 @@ pub const OTHER: &str = "-";
 /// [`OTHER`]'s for a request without a model and for a new model once `MAX_MODELS` are
 /// counted. A model already counted costs two hash look-ups and no allocation.
 pub fn counts_of<'m, V>(
-    models: &'m mut HashMap<String, V>,
+    models: &'m mut SmallMap<String, V>,
     model: Option<&str>,
     make: impl FnOnce() -> V,
 ) -> Option<&'m mut V> {
@@ -48,7 +48,7 @@ pub struct Spent {
 #[derive(Debug, Default)]
 pub struct UsageBook {
     /// By key id, then model.
-    spent: Mutex<HashMap<u64, HashMap<String, Spent>>>,
+    spent: Mutex<SmallMap<u64, SmallMap<String, Spent>>>,
     /// Bumped on every record (for STATE_FILE).
     generation: AtomicU64,
     /// The last hour, minute by minute, for the status page's charts.
@@ -56,7 +56,7 @@ pub struct UsageBook {
 }
 
 impl UsageBook {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, HashMap<String, Spent>>> {
+    fn lock(&self) -> MutexGuard<'_, SmallMap<u64, SmallMap<String, Spent>>> {
         self.spent.lock().unwrap_or_else(|p| p.into_inner())
     }
 

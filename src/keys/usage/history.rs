@@ -2,12 +2,12 @@
 //! errors) and tokens (input, cached, output). A fixed ring of 60 one-minute buckets per key
 //! and model, so memory does not grow with uptime; for the status page's charts.
 
-use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::book::counts_of;
 use super::tokens::Tokens;
+use crate::small_map::SmallMap;
 
 /// Minutes kept.
 pub const MINUTES: usize = 60;
@@ -36,7 +36,7 @@ pub enum Tally {
 /// The rings of one provider.
 #[derive(Debug, Default)]
 pub struct History {
-    rings: Mutex<HashMap<u64, HashMap<String, [Minute; MINUTES]>>>,
+    rings: Mutex<SmallMap<u64, SmallMap<String, [Minute; MINUTES]>>>,
 }
 
 fn minute_of(wall: SystemTime) -> u64 {
@@ -45,7 +45,7 @@ fn minute_of(wall: SystemTime) -> u64 {
 }
 
 impl History {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, HashMap<String, [Minute; MINUTES]>>> {
+    fn lock(&self) -> MutexGuard<'_, SmallMap<u64, SmallMap<String, [Minute; MINUTES]>>> {
         self.rings.lock().unwrap_or_else(|p| p.into_inner())
     }
 
