@@ -436,24 +436,20 @@ fn rotate(
 fn note_turn(provider: &Provider, rotation: &Rotation, index: usize) -> Option<Kind> {
     let conversation = rotation.conversation?;
     let affinity = &provider.affinity;
+    if rotation.preferred == Some(index) {
+        // Its own key served it: the look-up that chose the key already marked the
+        // conversation used (no second lock of the table).
+        affinity.count(Kind::Session, Outcome::Hit);
+        return Some(Kind::Session);
+    }
     let served_by = provider.pool.key(index).id();
     let news = affinity.record_session(conversation.key, served_by, Instant::now());
-    match rotation.preferred {
-        Some(preferred) if preferred == index => {
-            affinity.count(Kind::Session, Outcome::Hit);
-            Some(Kind::Session)
-        }
-        Some(_) => {
-            affinity.count(Kind::Session, Outcome::Moved);
-            None
-        }
-        None => {
-            if news {
-                affinity.count(Kind::Session, Outcome::Learned);
-            }
-            None
-        }
+    if rotation.preferred.is_some() {
+        affinity.count(Kind::Session, Outcome::Moved);
+    } else if news {
+        affinity.count(Kind::Session, Outcome::Learned);
     }
+    None
 }
 
 /// How long until some key can take a request for `model`: benches and local limits both.

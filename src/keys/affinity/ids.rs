@@ -126,12 +126,13 @@ impl Dialect {
             }
         };
         let path = rest.split(['?', '#']).next().unwrap_or(rest);
-        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        for (at, segment) in segments.iter().enumerate() {
+        // Walked with the next segment at hand, not collected (one allocation less a request).
+        let mut segments = path.split('/').filter(|s| !s.is_empty()).peekable();
+        while let Some(whole) = segments.next() {
             // `files/abc:download`, `tunedModels/x:generateContent`: the method is not the id.
-            let segment = segment.split(':').next().unwrap_or(segment);
+            let segment = whole.split(':').next().unwrap_or(whole);
             let segment = if segment.starts_with("ft") {
-                segments[at] // `ft:` models keep their colons
+                whole // `ft:` models keep their colons
             } else {
                 segment
             };
@@ -139,7 +140,7 @@ impl Dialect {
                 // Only a collection's name (`files`, `cachedContents`, …) starts a resource
                 // name: the pair is built for those alone.
                 let collection = GEMINI.iter().any(|p| p.strip_suffix('/') == Some(segment));
-                if collection && let Some(next) = segments.get(at + 1) {
+                if collection && let Some(next) = segments.peek() {
                     let next = next.split(':').next().unwrap_or(next);
                     if let Some(id) = self.id_in(&format!("{segment}/{next}")) {
                         push(id);

@@ -20,8 +20,10 @@ const RARE: usize = 4;
 /// Watches an answer's bytes for its usage.
 pub struct UsageMeter {
     dialect: Dialect,
-    /// The last two usage objects (or what of them arrived), oldest first.
-    snippets: Vec<Vec<u8>>,
+    /// The last two usage objects (or what of them arrived): the one before, and the last
+    /// (being copied while `open`). Empty until one is found; a third reuses the first's buffer.
+    older: Vec<u8>,
+    newer: Vec<u8>,
     /// The snippet being copied, until its object closes: the brace depth reached (0 before
     /// its first brace), and whether the copy is inside a string.
     open: Option<Open>,
@@ -74,7 +76,8 @@ impl UsageMeter {
     pub fn new(dialect: Dialect) -> UsageMeter {
         UsageMeter {
             dialect,
-            snippets: Vec::new(),
+            older: Vec::new(),
+            newer: Vec::new(),
             open: None,
             carry: [0; NEEDLE.len() - 1],
             carried: 0,
@@ -129,21 +132,20 @@ impl UsageMeter {
     }
 
     fn start(&mut self, prefix: &[u8]) {
-        if self.snippets.len() == 2 {
-            self.snippets.remove(0);
-        }
-        let mut snippet = Vec::with_capacity(128);
-        snippet.extend_from_slice(prefix);
-        self.snippets.push(snippet);
+        std::mem::swap(&mut self.older, &mut self.newer);
+        self.newer.clear();
+        self.newer.reserve(128);
+        self.newer.extend_from_slice(prefix);
         self.open = Some(Open::default());
     }
 
     /// Copies bytes into the open snippet until its value ends (or the snippet is full);
     /// returns how many were taken.
     fn copy(&mut self, bytes: &[u8]) -> usize {
-        let (Some(open), Some(snippet)) = (self.open.as_mut(), self.snippets.last_mut()) else {
+        let Some(open) = self.open.as_mut() else {
             return bytes.len();
         };
+        let snippet = &mut self.newer;
         // Where the value ends (or the snippet fills up) first, then one copy.
         let room = SNIPPET.saturating_sub(snippet.len());
         let within = bytes.len().min(room);
@@ -160,8 +162,9 @@ impl UsageMeter {
 
     /// The usage the answer reported, if it reported any.
     pub fn finish(&self) -> Option<Tokens> {
-        self.snippets
-            .iter()
+        [&self.older, &self.newer]
+            .into_iter()
+            .filter(|snippet| !snippet.is_empty())
             .filter_map(|snippet| Tokens::from_snippet(self.dialect, snippet))
             .reduce(Tokens::merge)
     }
@@ -227,7 +230,10 @@ mod tests {
             let mut meter = UsageMeter::new(Dialect::OpenAi);
             pieces.iter().for_each(|piece| meter.see(piece.as_bytes()));
             assert_eq!(
-                meter.snippets.iter().map(Vec::len).max(),
+                [&meter.older, &meter.newer]
+                    .map(|s| s.len())
+                    .into_iter()
+                    .max(),
                 Some(SNIPPET),
                 "pieces of {size}"
             );
