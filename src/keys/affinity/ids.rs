@@ -101,19 +101,23 @@ impl Dialect {
             let name = name.split(['?', '#']).next().unwrap_or(name);
             return self.id_in(name);
         }
-        // The first byte before the whole prefix (a `starts_with` is a memcmp call).
-        let first = value.as_bytes()[0];
+        // Too short or too long to be one (`v1`, `chat`): no prefix compared.
+        if !ID_LEN.contains(&value.len()) {
+            return None;
+        }
+        // Compared in place, first byte first (a `starts_with` is a memcmp call).
+        let bytes = value.as_bytes();
         let prefix = self
             .prefixes()
             .iter()
-            .find(|p| p.as_bytes()[0] == first && value.starts_with(**p))?;
+            .find(|p| p.len() < bytes.len() && p.bytes().zip(bytes).all(|(a, &b)| a == b))?;
         let tail = &value[prefix.len()..];
         let shaped = if prefix.ends_with(['-', '_']) {
             generated(tail)
         } else {
             tail.len() > 2
         };
-        (ID_LEN.contains(&value.len()) && shaped && value.bytes().all(id_byte)).then_some(value)
+        (shaped && value.bytes().all(id_byte)).then_some(value)
     }
 
     /// The ids a request names, in its path below the route, its query and (`body_ids`, from
