@@ -18,7 +18,9 @@ use super::upload_url::rewrite_upload_url;
 use super::upstream::{self, CallFailure};
 use crate::config::{NO_ACCESS_BENCH, QUOTA_BENCH, REJECTED_KEY_BENCH};
 use crate::error::{ProxyError, broken_stream_event};
-use crate::keys::affinity::{AnswerWatch, BodySurvey, Dialect, Kind, Outcome, UPLOAD_PREFIX};
+use crate::keys::affinity::{
+    AnswerWatch, BodySurvey, Dialect, Kind, Outcome, UPLOAD_PREFIX, without_query,
+};
 use crate::keys::usage::{Metered, Tally, UsageMeter};
 use crate::keys::{ApiKey, AttemptClass, BenchReason, HeadroomReport};
 use crate::provider::Provider;
@@ -443,7 +445,7 @@ fn learn_from(
 /// The object a `DELETE` of `rest` removes: the id that is the last of exactly three path
 /// segments (`v1/files/{id}`), if it is one.
 fn deleted_object(dialect: Dialect, rest: &str) -> Option<String> {
-    let path = rest.split(['?', '#']).next().unwrap_or(rest);
+    let path = without_query(rest);
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     if segments.len() != 3 {
         return None;

@@ -2,6 +2,8 @@
 //! and body, so it can go to the key that owns the object) and in an answer (so keyrelay learns
 //! which key owns it). A scan over the bytes, never a JSON tree.
 
+use crate::scan::find_either;
+
 /// The API family a provider speaks, for its id shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -98,7 +100,7 @@ impl Dialect {
         if self == Dialect::Gemini && value.starts_with("http") {
             let at = value.find("/files/")?;
             let name = &value[at + 1..];
-            let name = name.split(['?', '#']).next().unwrap_or(name);
+            let name = without_query(name);
             return self.id_in(name);
         }
         // Too short or too long to be one (`v1`, `chat`): no prefix compared.
@@ -129,7 +131,7 @@ impl Dialect {
                 ids.push(id.to_string());
             }
         };
-        let path = rest.split(['?', '#']).next().unwrap_or(rest);
+        let path = without_query(rest);
         // Walked with the next segment at hand, not collected (one allocation less a request).
         let mut segments = path.split('/').filter(|s| !s.is_empty()).peekable();
         while let Some(whole) = segments.next() {
@@ -177,7 +179,7 @@ impl Dialect {
     /// request can use, so it is not looked through. An Anthropic Messages answer is: code
     /// execution hands back `file_` ids of files the key now owns.
     pub fn answer_may_name_objects(self, url: &str) -> bool {
-        let path = url.split(['?', '#']).next().unwrap_or(url);
+        let path = without_query(url);
         let ends = |ends: &[&str]| ends.iter().any(|end| path.ends_with(end));
         match self {
             Dialect::OpenAi => !ends(&[
@@ -220,6 +222,16 @@ impl Dialect {
     }
 }
 
+/// `url` without its query or fragment: a word-at-a-time search (splitting on a pair of chars
+/// looks at them one by one, ~300 instructions for an upstream URL).
+pub fn without_query(url: &str) -> &str {
+    match find_either(url.as_bytes(), b'?', b'#') {
+        // Both are ASCII: the cut is at a char boundary.
+        Some(at) => &url[..at],
+        None => url,
+    }
+}
+
 /// Whether the part of an id after its prefix looks generated, as every OpenAI and Anthropic
 /// id is (`file-AbC4…`, `resp_0f09…`, `file_011CN…`): eight or more letters and digits, not a
 /// plain lowercase word. A tool named `file_read` or `upload_file`, a schema named
@@ -246,6 +258,15 @@ mod tests {
         &'static [u8],
         &'static [&'static str],
     );
+
+    #[test]
+    fn a_query_or_fragment_is_cut_off() {
+        assert_eq!(without_query("http://u/v1/x?a=1#f"), "http://u/v1/x");
+        assert_eq!(without_query("files/a#b?c"), "files/a");
+        assert_eq!(without_query("v1/files"), "v1/files");
+        assert_eq!(without_query("v1/fü?x=ü"), "v1/fü");
+        assert_eq!(without_query("?"), "");
+    }
 
     #[test]
     fn generations_are_not_looked_through_for_ids() {

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use body::BodySurvey;
-pub use ids::{Dialect, UPLOAD_PREFIX};
+pub use ids::{Dialect, UPLOAD_PREFIX, without_query};
 pub use session::{Conversation, conversation};
 pub use table::Owner;
 pub use watch::AnswerWatch;
