@@ -12,8 +12,11 @@
 # with bench.sh's ~400-byte chat request (a first turn: the session is recorded, nothing looked
 # up), and then before and on again with a later turn (the same request with an assistant answer
 # and a second question, ~600 bytes: the session is looked up and the turn pinned), as
-# before-t2 and on-t2. Each process keeps its pid for the whole run; AFFINITY_ROUNDS rounds
-# (default 3), the order reversed every other round (before, on, off, ..., then ..., off, on,
+# before-t2 and on-t2. With AFFINITY_FRESH=1 (the default) every variant runs in a fresh process
+# each round, warmed up for 1 s: one process's luck (where its threads and memory land) moved
+# its CPU per request by ~1.5 us between processes of one binary, and is so sampled once a round,
+# not once a run (AFFINITY_FRESH=0: each process keeps its pid for the whole run).
+# AFFINITY_ROUNDS rounds (default 3), the order reversed every other round (before, on, off, ..., then ..., off, on,
 # before), so a drift of the machine does not favour one variant. Per variant: the median rps,
 # p50, p99, CPU us per request (utime + stime of /proc/<pid>/stat over the run / requests) and
 # context switches per request, and each round's rps; then on/before and off/before rps (target:
@@ -30,7 +33,7 @@
 #              the working tree)
 # In the full bench: BENCH_AFFINITY=1 scripts/bench.sh, section (9), which also runs
 # scripts/bench/prompt_cache.py.
-# Knobs: AFFINITY_ROUNDS (3), AFFINITY_DURATION (10 s per wrk run; bench.sh's DURATION in the
+# Knobs: AFFINITY_ROUNDS (3), AFFINITY_FRESH (1), AFFINITY_DURATION (10 s per wrk run; bench.sh's DURATION in the
 # full bench), AFFINITY_LATER (1; 0 leaves out the later-turn variants), AFFINITY_BEFORE_REV,
 # AFFINITY_BEFORE_DIR, AFFINITY_NOW_REV, AFFINITY_NOW_DIR, AFFINITY_CARGO_WAIT, and bench.sh's
 # BENCH_PORT_BASE, BENCH_WORKERS, BENCH_QUIET_WAIT. Ports: BENCH_PORT_BASE+1 (the stand-in),
@@ -45,6 +48,7 @@ AFFINITY_BEFORE_DIR=${AFFINITY_BEFORE_DIR:-/tmp/kr-before}
 AFFINITY_NOW_REV=${AFFINITY_NOW_REV:-}
 AFFINITY_ROUNDS=${AFFINITY_ROUNDS:-3}
 AFFINITY_LATER=${AFFINITY_LATER:-1}
+AFFINITY_FRESH=${AFFINITY_FRESH:-1}
 AFFINITY_CARGO_WAIT=${AFFINITY_CARGO_WAIT:-900}
 AFFINITY_OTHERS_MAX=${AFFINITY_OTHERS_MAX:-3}
 AFF_DURATION=${AFFINITY_DURATION:-${DURATION:-10}}
@@ -154,16 +158,38 @@ aff_run() {
 
 # affinity_c64: starts the three keyrelays against P_UP, then the interleaved wrk rounds.
 # Needs: the stand-in on P_UP, $TMP/post.lua, KR_BIN, AFF_BEFORE_BIN.
-affinity_c64() {
+# aff_start: the three keyrelays (before, on, off), listening on aff_ports.
+aff_start() {
   local p_before p_on p_off
   read -r p_before p_on p_off <<<"$(aff_ports)"
-  write_wrk_script "$TMP/post-t2.lua" "$AFF_BODY_T2" "Authorization: Bearer sk-client-placeholder"
   KR_START_BIN=$AFF_BEFORE_BIN start_keyrelay aff-before "$p_before" "$P_UP" "$KR_WORKERS"
   PROXY_PID[aff-before]=$KR_PID PROXY_PID[aff-before-t2]=$KR_PID
   KR_START_BIN=$AFF_NOW_BIN start_keyrelay aff-on "$p_on" "$P_UP" "$KR_WORKERS" "" SESSION_AFFINITY=on
   PROXY_PID[aff-on]=$KR_PID PROXY_PID[aff-on-t2]=$KR_PID
   KR_START_BIN=$AFF_NOW_BIN start_keyrelay aff-off "$p_off" "$P_UP" "$KR_WORKERS" "" SESSION_AFFINITY=off
   PROXY_PID[aff-off]=$KR_PID
+}
+
+# aff_stop: stops the three keyrelays (SIGTERM, then waits for them) and stops watching them.
+aff_stop() {
+  local target pid keep=() p
+  for target in aff-before aff-on aff-off; do
+    pid=${PROXY_PID[$target]}
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for p in "${KR_WATCH[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+    KR_WATCH=("${keep[@]}")
+    keep=()
+  done
+}
+
+# affinity_c64: starts the three keyrelays against P_UP, then the interleaved wrk rounds (with
+# AFFINITY_FRESH=1, the default, three fresh processes each round).
+affinity_c64() {
+  local p_before p_on p_off
+  read -r p_before p_on p_off <<<"$(aff_ports)"
+  write_wrk_script "$TMP/post-t2.lua" "$AFF_BODY_T2" "Authorization: Bearer sk-client-placeholder"
+  aff_start
   URL[aff-before]="http://127.0.0.1:$p_before$CHAT" URL[aff-before-t2]=${URL[aff-before]}
   URL[aff-on]="http://127.0.0.1:$p_on$CHAT" URL[aff-on-t2]=${URL[aff-on]}
   URL[aff-off]="http://127.0.0.1:$p_off$CHAT"
@@ -187,6 +213,14 @@ affinity_c64() {
     if ((round % 2 == 0)); then # reversed every other round
       order=()
       for ((i = ${#AFF_VARIANTS[@]} - 1; i >= 0; i--)); do order+=("${AFF_VARIANTS[i]}"); done
+    fi
+    if ((round > 1)) && [[ $AFFINITY_FRESH == 1 ]]; then
+      # A process's own luck (where its threads and memory land) moved its CPU per request by
+      # ~1.5 us between runs: each round samples it afresh.
+      log "(9) round $round/$AFFINITY_ROUNDS: fresh processes, 1 s of wrk -c64 each to warm up"
+      aff_stop
+      aff_start
+      for target in "${AFF_VARIANTS[@]}"; do run_wrk aff-warmup "$target" 2 64 1; done
     fi
     for target in "${order[@]}"; do
       log "(9) round $round/$AFFINITY_ROUNDS: ${AFF_LABEL[$target]}, wrk -t2 -c64 -d${AFF_DURATION}s"
@@ -229,7 +263,7 @@ print_affinity_c64() {
     local on2=${W[aff-c64,aff-on-t2,rps]} b2=${W[aff-c64,aff-before-t2,rps]}
     echo "later turn: rps on / before $(ratio "$on2" "$b2")   $(verdict "$on2 >= 0.95 * $b2") >= 0.95x; CPU us/req on - before $(aff_delta "${W[aff-c64,aff-on-t2,cpu_us_per_req]}" "${W[aff-c64,aff-before-t2,cpu_us_per_req]}") (session looked up and pinned as well)"
   fi
-  echo "CPU us/req = (utime + stime) of the keyrelay process over the wrk run / requests (${CLK_TCK} ticks/s); medians of $AFFINITY_ROUNDS; one process per variant for all rounds (the later-turn variants share theirs)."
+  echo "CPU us/req = (utime + stime) of the keyrelay process over the wrk run / requests (${CLK_TCK} ticks/s); medians of $AFFINITY_ROUNDS; $([[ $AFFINITY_FRESH == 1 ]] && echo "fresh processes every round" || echo "one process per variant for all rounds") (the later-turn variants share theirs)."
 }
 aff_delta() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.1f us", a - b }'; }
 

@@ -13,6 +13,7 @@
 
 mod body;
 mod ids;
+mod recent;
 mod session;
 mod table;
 mod watch;
@@ -29,6 +30,7 @@ pub use watch::AnswerWatch;
 
 use super::journal::{Attached, Change, JournalSlot};
 use super::key::ApiKey;
+use recent::Recent;
 use table::Table;
 
 /// Most learned ids kept per provider (~120 bytes each: the id, its owner, when last used).
@@ -133,6 +135,8 @@ pub struct Affinity {
     /// Ids as shared strings: a copy of the table (STATE_FILE, the shared store) clones no text.
     resources: Mutex<Table<Arc<str>>>,
     sessions: Mutex<Table<u64>>,
+    /// Turns recorded this second, not written to `sessions` again (see recent.rs).
+    recent: Recent,
     /// Indexed by kind then outcome.
     counters: [[AtomicU64; Outcome::ALL.len()]; Kind::ALL.len()],
     /// Bumped whenever an id's owner is learned, changed or forgotten (STATE_FILE writes ids
@@ -158,6 +162,7 @@ impl Affinity {
             dialect,
             resources: Mutex::new(Table::new(MAX_IDS, ID_MAX_AGE)),
             sessions: Mutex::new(Table::new(MAX_SESSIONS, session_ttl)),
+            recent: Recent::new(),
             counters: Default::default(),
             generation: AtomicU64::new(0),
             journal: JournalSlot::new(),
@@ -351,7 +356,11 @@ impl Affinity {
     /// Records that `key` served a turn of `conversation`; true when that is news (news goes
     /// to the shared store in the background).
     pub fn record_session(&self, conversation: u64, key: u64, now: Instant) -> bool {
-        let news = self.session_from_peer(conversation, key, now);
+        if self.recent.seen(conversation, key, now) {
+            return false; // recorded with this key within the second: nothing new to write
+        }
+        let news = lock(&self.sessions).insert(conversation, key, now);
+        self.recent.note(conversation, key, now);
         if news && let Some(journal) = self.journal.get() {
             journal.record(Change::Session { key, conversation });
         }
@@ -360,7 +369,10 @@ impl Affinity {
 
     /// Records a turn another instance served (not reported again); true when that is news.
     pub fn session_from_peer(&self, conversation: u64, key: u64, now: Instant) -> bool {
-        lock(&self.sessions).insert(conversation, key, now)
+        let news = lock(&self.sessions).insert(conversation, key, now);
+        // What this instance noted this second may no longer be what the table holds.
+        self.recent.forget(conversation);
+        news
     }
 
     /// Every learned id with its owner, for STATE_FILE.
