@@ -25,6 +25,17 @@ pub fn is_hop_by_hop(name: &str, connection_tokens: &[String]) -> bool {
             .any(|t| name.eq_ignore_ascii_case(t))
 }
 
+/// [`is_hop_by_hop`] against a `Connection` value as it came, its names compared in place:
+/// no list is built (an answer's head is written for every request).
+pub fn is_hop_by_hop_for(name: &str, connection: Option<&str>) -> bool {
+    NOT_FORWARDED.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || connection.is_some_and(|listed| {
+            listed
+                .split(',')
+                .any(|token| name.eq_ignore_ascii_case(token.trim()))
+        })
+}
+
 /// The header names listed in a `Connection` value (lower-cased), e.g. `close, x-foo`.
 pub fn connection_tokens(value: Option<&str>) -> Vec<String> {
     value
@@ -66,6 +77,28 @@ pub const CLIENT_CREDENTIAL_PARAM: &str = "key";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_from_a_raw_connection_value_as_from_its_tokens() {
+        let value = Some("keep-alive, X-Secret-Hop ,,close");
+        let tokens = connection_tokens(value);
+        for name in [
+            "x-secret-hop",
+            "X-SECRET-HOP",
+            "keep-alive",
+            "close",
+            "content-type",
+            "x-secret",
+        ] {
+            assert_eq!(
+                is_hop_by_hop_for(name, value),
+                is_hop_by_hop(name, &tokens),
+                "{name}"
+            );
+        }
+        assert!(is_hop_by_hop_for("transfer-encoding", None));
+        assert!(!is_hop_by_hop_for("content-type", None));
+    }
 
     #[test]
     fn request_headers() {

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 
 use ureq::http::{HeaderMap, HeaderValue};
 
-use crate::headers::{connection_tokens, is_hop_by_hop};
+use crate::headers::is_hop_by_hop_for;
 use crate::keys::usage::Tokens;
 use crate::respond::answer::{Answer, SavedAnswer};
 use crate::respond::stream::{Framing, RelayBuffer, RelayError, reason_phrase, relay_body};
@@ -198,13 +198,19 @@ pub(crate) fn response_head(
     } else {
         "HTTP/1.1"
     };
-    let _ = write!(head, "{version} {status} {}\r\n", reason_phrase(status));
-    let tokens = connection_tokens(headers.get("connection").and_then(|v| v.to_str().ok()));
+    // Written by hand, not with `write!` (~1k instructions a request of formatting machinery).
+    head.extend_from_slice(version.as_bytes());
+    head.push(b' ');
+    push_decimal(&mut head, u64::from(status));
+    head.push(b' ');
+    head.extend_from_slice(reason_phrase(status).as_bytes());
+    head.extend_from_slice(b"\r\n");
+    let connection = headers.get("connection").and_then(|v| v.to_str().ok());
     for (name, value) in headers {
         let name = name.as_str();
         // A HEAD or 304 answer keeps the length of the body it describes.
         let described_length = framing == Framing::None && name == "content-length";
-        if is_hop_by_hop(name, &tokens) && !described_length {
+        if is_hop_by_hop_for(name, connection) && !described_length {
             continue;
         }
         let name = if name == "x-request-id" {
@@ -217,7 +223,9 @@ pub(crate) fn response_head(
     push_header(&mut head, "x-request-id", client.id.as_bytes());
     match framing {
         Framing::Length(n) => {
-            let _ = write!(head, "content-length: {n}\r\n");
+            head.extend_from_slice(b"content-length: ");
+            push_decimal(&mut head, n);
+            head.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => push_header(&mut head, "transfer-encoding", b"chunked"),
         Framing::UntilClose | Framing::None => {}
@@ -231,9 +239,39 @@ pub(crate) fn response_head(
     head
 }
 
+/// `n` in decimal digits.
+fn push_decimal(head: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    head.extend_from_slice(&digits[at..]);
+}
+
 pub(crate) fn push_header(head: &mut Vec<u8>, name: &str, value: &[u8]) {
     head.extend_from_slice(name.as_bytes());
     head.extend_from_slice(b": ");
     head.extend_from_slice(value);
     head.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals() {
+        for n in [0, 7, 10, 200, 4_294_967_296, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+    }
 }
