@@ -4,16 +4,17 @@
 mod buffers;
 pub mod egress;
 mod link;
+mod resolve;
 pub mod trust;
 
 use std::time::Duration;
 
 use ureq::Agent;
-use ureq::unversioned::resolver::DefaultResolver;
 use ureq::unversioned::transport::{ConnectProxyConnector, Connector, SocksConnector};
 
 use link::LinkConnector;
 pub(crate) use link::SILENT;
+use resolve::CachingResolver;
 use trust::{Trust, TrustConnector};
 
 /// Per-connection read buffer, also the largest upstream response head accepted.
@@ -72,5 +73,5 @@ pub fn agent(
             silence_tick: heartbeat,
         })
         .chain(TrustConnector { trust });
-    Agent::with_parts(config, connector, DefaultResolver::default())
+    Agent::with_parts(config, connector, CachingResolver::default())
 }
