@@ -1,6 +1,7 @@
 //! A request's JSON body, read once for everything affinity and the relay want of it: its
-//! top-level members (a conversation's messages and hints, `store`), the first elements of
-//! its arrays (a conversation's first messages) and the ids its strings name. Before, each of those walked the body again (callgrind: ~5k instructions a request).
+//! top-level members (a conversation's messages and hints, `store`, the model), the first
+//! elements of its arrays (a conversation's first messages) and the ids its strings name.
+//! Before, each of those walked the body again (callgrind: ~5k instructions a request).
 
 use super::ids::Dialect;
 use crate::json::{self, Head, Member};
