@@ -49,6 +49,24 @@ pub fn find_bytes_by(haystack: &[u8], needle: &[u8], anchor: usize) -> Option<us
     None
 }
 
+/// `bytes` as little-endian 64-bit words, in order, the last one zero-padded (for hashes that
+/// take eight bytes a step; a caller whose inputs differ only in trailing zeros mixes in their
+/// lengths).
+pub fn for_each_word(bytes: &[u8], mut each: impl FnMut(u64)) {
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut eight = [0u8; 8];
+        eight.copy_from_slice(word);
+        each(u64::from_le_bytes(eight));
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut eight = [0u8; 8];
+        eight[..rest.len()].copy_from_slice(rest);
+        each(u64::from_le_bytes(eight));
+    }
+}
+
 /// Word by word while `hit` says no eight bytes hold a match, then, in the word that does,
 /// the lowest flagged byte (`hit` may flag a byte falsely only above a true match, never below
 /// one, so the lowest is a true match); the last few bytes one by one.
@@ -126,5 +144,14 @@ mod tests {
         assert_eq!(find_bytes_by(b"usage", needle, 4), None);
         assert_eq!(find_bytes_by(b"\"usag", needle, 4), None);
         assert_eq!(find_byte(&[1u8; 17], 0), None);
+        let mut words = Vec::new();
+        for_each_word(b"abcdefghij", |w| words.push(w));
+        assert_eq!(
+            words,
+            [
+                u64::from_le_bytes(*b"abcdefgh"),
+                u64::from_le_bytes(*b"ij\0\0\0\0\0\0")
+            ]
+        );
     }
 }

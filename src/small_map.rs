@@ -9,6 +9,8 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use crate::scan::for_each_word;
+
 /// A `HashMap` with [`FoldHasher`]: only for keys bounded in number (see the module's comment).
 pub type SmallMap<K, V> = HashMap<K, V, BuildHasherDefault<FoldHasher>>;
 
@@ -32,18 +34,8 @@ impl FoldHasher {
 
 impl Hasher for FoldHasher {
     fn write(&mut self, bytes: &[u8]) {
-        let mut words = bytes.chunks_exact(8);
-        for word in &mut words {
-            let mut eight = [0u8; 8];
-            eight.copy_from_slice(word);
-            self.add(u64::from_le_bytes(eight));
-        }
-        let rest = words.remainder();
-        if !rest.is_empty() {
-            let mut eight = [0u8; 8];
-            eight[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(eight));
-        }
+        // `str` hashing writes a 0xff after the bytes, so zero padding is unambiguous.
+        for_each_word(bytes, |word| self.add(word));
     }
 
     fn write_u8(&mut self, n: u8) {

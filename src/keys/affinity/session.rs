@@ -7,6 +7,7 @@
 use super::BodySurvey;
 use super::ids::Dialect;
 use crate::json::{self, HEAD_ELEMENTS, Head};
+use crate::scan::for_each_word;
 
 /// A request seen as part of a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,19 +173,8 @@ impl Default for Fingerprint {
 
 impl Fingerprint {
     fn update(&mut self, bytes: &[u8]) {
-        let mut words = bytes.chunks_exact(8);
-        for word in &mut words {
-            let mut eight = [0u8; 8];
-            eight.copy_from_slice(word);
-            self.mix(u64::from_le_bytes(eight));
-        }
-        let rest = words.remainder();
-        if !rest.is_empty() {
-            // Zero-padded: every field is preceded by its length, so padding is unambiguous.
-            let mut eight = [0u8; 8];
-            eight[..rest.len()].copy_from_slice(rest);
-            self.mix(u64::from_le_bytes(eight));
-        }
+        // Zero-padded: every field is preceded by its length, so padding is unambiguous.
+        for_each_word(bytes, |word| self.mix(word));
     }
 
     fn mix(&mut self, word: u64) {
