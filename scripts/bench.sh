@@ -152,6 +152,13 @@ declare -A KR_DEAD=()  # pid -> how it ended, once it has
 
 # check_keyrelays: notes in KR_DEAD how each keyrelay that has exited ended (status or signal,
 # and the end of its stderr), so a crash is reported as a crash, not as a client error.
+# kr_unwatch PID: a keyrelay that is meant to end (or was reported ended) is no longer watched.
+kr_unwatch() {
+  local keep=() p
+  for p in "${KR_WATCH[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+  KR_WATCH=("${keep[@]}")
+}
+
 check_keyrelays() {
   local pid status how
   for pid in "${KR_WATCH[@]}"; do
@@ -782,9 +789,7 @@ idle_test() {
     log "(7) ${KR_DEAD[$kr]}"
     # Reported in the table; the run goes on.
     unset "KR_DEAD[$kr]"
-    local keep=() p
-    for p in "${KR_WATCH[@]}"; do [[ $p == "$kr" ]] || keep+=("$p"); done
-    KR_WATCH=("${keep[@]}")
+    kr_unwatch "$kr"
   else
     IDLE[alive]=yes
   fi

@@ -156,8 +156,6 @@ aff_run() {
   AFF[disturbed]=$((${AFF[disturbed]:-0} + 1))
 }
 
-# affinity_c64: starts the three keyrelays against P_UP, then the interleaved wrk rounds.
-# Needs: the stand-in on P_UP, $TMP/post.lua, KR_BIN, AFF_BEFORE_BIN.
 # aff_start: the three keyrelays (before, on, off), listening on aff_ports.
 aff_start() {
   local p_before p_on p_off
@@ -172,19 +170,16 @@ aff_start() {
 
 # aff_stop: stops the three keyrelays (SIGTERM, then waits for them) and stops watching them.
 aff_stop() {
-  local target pid keep=() p
+  local target
   for target in aff-before aff-on aff-off; do
-    pid=${PROXY_PID[$target]}
-    kill -TERM "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    for p in "${KR_WATCH[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
-    KR_WATCH=("${keep[@]}")
-    keep=()
+    kr_unwatch "${PROXY_PID[$target]}"
+    stop_tree "${PROXY_PID[$target]}"
   done
 }
 
 # affinity_c64: starts the three keyrelays against P_UP, then the interleaved wrk rounds (with
 # AFFINITY_FRESH=1, the default, three fresh processes each round).
+# Needs: the stand-in on P_UP, $TMP/post.lua, KR_BIN, AFF_BEFORE_BIN.
 affinity_c64() {
   local p_before p_on p_off
   read -r p_before p_on p_off <<<"$(aff_ports)"

@@ -220,18 +220,7 @@ fn attempt_owner(
     let mask = || pool.key(index).mask();
     let mut attempts = 0;
     loop {
-        let limit_wait = provider.limits.wait(
-            pool.key(index).id(),
-            request.model,
-            Instant::now(),
-            SystemTime::now(),
-        );
-        let readiness = match pool.readiness(index, request.model, Instant::now()) {
-            Readiness::Ready if !limit_wait.is_zero() => Readiness::Cooling(limit_wait),
-            Readiness::Cooling(wait) => Readiness::Cooling(wait.max(limit_wait)),
-            other => other,
-        };
-        match readiness {
+        match readiness(provider, index, request.model) {
             Readiness::Ready => {}
             Readiness::Cooling(wait) if Instant::now() + wait <= deadline => {
                 debug!(
@@ -452,23 +441,37 @@ fn note_turn(provider: &Provider, rotation: &Rotation, index: usize) -> Option<K
     None
 }
 
+/// Whether the key at `index` can take a request for `model` now: its benches and its local
+/// limits both (a key at its limit is cooling until a request fits).
+fn readiness(provider: &Provider, index: usize, model: Option<&str>) -> Readiness {
+    let pool = &provider.pool;
+    let now = Instant::now();
+    let bench = pool.readiness(index, model, now);
+    if provider.limits.is_empty() {
+        return bench;
+    }
+    let limit = provider
+        .limits
+        .wait(pool.key(index).id(), model, now, SystemTime::now());
+    match bench {
+        Readiness::Ready if !limit.is_zero() => Readiness::Cooling(limit),
+        Readiness::Cooling(wait) => Readiness::Cooling(wait.max(limit)),
+        other => other,
+    }
+}
+
 /// How long until some key can take a request for `model`: benches and local limits both.
 fn earliest_free(provider: &Provider, model: Option<&str>) -> Duration {
     let pool = &provider.pool;
     if provider.limits.is_empty() {
         return pool.wait_for_any(model, Instant::now());
     }
-    let (now, wall) = (Instant::now(), SystemTime::now());
     (0..pool.len())
-        .filter_map(|index| {
-            let bench = match pool.readiness(index, model, now) {
-                Readiness::Ready => Duration::ZERO,
-                Readiness::Cooling(wait) => wait,
-                // Out for long or until an operator acts: not a key to wait for.
-                Readiness::Out(_) => return None,
-            };
-            let limit = provider.limits.wait(pool.key(index).id(), model, now, wall);
-            Some(bench.max(limit))
+        .filter_map(|index| match readiness(provider, index, model) {
+            Readiness::Ready => Some(Duration::ZERO),
+            Readiness::Cooling(wait) => Some(wait),
+            // Out for long or until an operator acts: not a key to wait for.
+            Readiness::Out(_) => None,
         })
         .min()
         .unwrap_or(Duration::ZERO)

@@ -527,8 +527,9 @@ fn a_conversation_stays_on_its_key_and_moves_when_that_key_is_limited() {
     // The first turn, six pinned, the moved one and the one after it.
     let lines = proxy.request_lines_with(9, "/chat/completions");
     assert_eq!(lines.len(), 9, "{lines:#?}");
-    assert!(
-        lines.iter().filter(|l| l.contains("pin=session")).count() == 7,
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("pin=session")).count(),
+        7,
         "{lines:#?}"
     );
 }

@@ -11,14 +11,8 @@ const A: &str = "sk-limits-key-00000001";
 const B: &str = "sk-limits-key-00000002";
 
 fn chat(port: u16, model: &str) -> crate::support::http::Reply {
-    crate::support::http::send(
-        port,
-        &crate::support::http::Req::post(
-            "/openai/v1/chat/completions",
-            format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#)
-                .as_bytes(),
-        ),
-    )
+    let body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    api::post_json(port, "/openai/v1/chat/completions", &body)
 }
 
 #[test]

@@ -76,6 +76,15 @@ impl Window {
         }
     }
 
+    /// How long until every one of `limits` lets one more request through (zero: now).
+    fn wait_all(&self, limits: &[Limit], now: Instant, wall: SystemTime) -> Duration {
+        limits
+            .iter()
+            .map(|limit| self.wait(*limit, now, wall).0)
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
     /// How long until `limit` lets one more request through (zero: it does now), and how
     /// much of it is used.
     fn wait(&self, limit: Limit, now: Instant, wall: SystemTime) -> (Duration, u64) {
@@ -238,11 +247,7 @@ impl Limiter {
         let wait = match shared {
             Some(Err(wait)) => wait,
             Some(Ok(())) => Duration::ZERO,
-            None => limits
-                .iter()
-                .map(|limit| window.wait(*limit, now, wall).0)
-                .max()
-                .unwrap_or(Duration::ZERO),
+            None => window.wait_all(&limits, now, wall),
         };
         if !wait.is_zero() {
             return Err(wait);
@@ -265,11 +270,7 @@ impl Limiter {
             return Duration::ZERO;
         };
         window.forget_old(now, day);
-        limits
-            .iter()
-            .map(|limit| window.wait(*limit, now, wall).0)
-            .max()
-            .unwrap_or(Duration::ZERO)
+        window.wait_all(&limits, now, wall)
     }
 
     /// Counts the tokens an answer for `model` reported.

@@ -60,10 +60,13 @@ impl UsageBook {
         self.spent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts one answer's usage for `key` and `model`.
+    /// Counts one answer's usage for `key` and `model`, in the totals and in this minute's
+    /// history.
     pub fn record(&self, key: u64, model: Option<&str>, tokens: Tokens) {
         self.add(key, model, 1, tokens);
         self.generation.fetch_add(1, Ordering::Relaxed);
+        self.history
+            .tokens(key, model, tokens, std::time::SystemTime::now());
     }
 
     /// Adds counts (a record, or a restore from STATE_FILE).

@@ -52,9 +52,6 @@ impl Metered {
         let tokens = self.meter.finish()?;
         let model = self.model.as_deref();
         self.book.record(self.key, model, tokens);
-        self.book
-            .history
-            .tokens(self.key, model, tokens, std::time::SystemTime::now());
         self.limits
             .spent(self.key, model, tokens.total(), std::time::Instant::now());
         Some(tokens)

@@ -315,16 +315,7 @@ impl Proxy {
 
     /// Waits for `n` per-request lines (`status=` and `attempts=`) and returns them.
     pub fn request_lines(&self, n: usize) -> Vec<String> {
-        let is_req = |l: &String| l.contains("status=") && l.contains("attempts=");
-        let ok = self.wait_log(Duration::from_secs(5), |lines| {
-            lines.iter().filter(|l| is_req(l)).count() >= n
-        });
-        assert!(
-            ok,
-            "expected {n} request log lines, log:\n{}",
-            self.log_text()
-        );
-        self.log().into_iter().filter(is_req).collect()
+        self.request_lines_with(n, "")
     }
 }
 
