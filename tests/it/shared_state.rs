@@ -13,7 +13,7 @@ use crate::support::api::{
 use crate::support::http::{Req, get, key_state, send};
 use crate::support::mock::{Mock, Reply};
 use crate::support::nginx::start_nginx;
-use crate::support::proxy::{Proxy, proxy_to};
+use crate::support::proxy::{Proxy, ProxyBuilder, proxy_to};
 use crate::support::redis::Redis;
 use crate::support::stateful::Stateful;
 use crate::support::wait_until;
@@ -25,9 +25,12 @@ const KEYS: [&str; 3] = [K1, K2, K3];
 
 /// An instance on `redis`, once it says the store is up.
 fn instance(redis: &Redis, upstream: &str) -> Proxy {
-    let proxy = proxy_to(upstream, &KEYS, &[])
-        .env("SHARED_STATE_URL", &redis.url())
-        .start();
+    on_redis(proxy_to(upstream, &KEYS, &[]), redis)
+}
+
+/// `builder`'s instance on `redis`, once it says the store is up.
+fn on_redis(builder: ProxyBuilder, redis: &Redis) -> Proxy {
+    let proxy = builder.env("SHARED_STATE_URL", &redis.url()).start();
     assert!(
         wait_until(Duration::from_secs(10), || shared_up(proxy.port)),
         "shared state never came up: {}",
@@ -377,14 +380,8 @@ fn two_instances_together_stay_within_a_keys_limit() {
     let redis = Redis::start();
     let mock = Mock::ok();
     let limited = |redis: &Redis| {
-        let proxy = proxy_to(&mock.url(), &[K1], &[])
-            .env("SHARED_STATE_URL", &redis.url())
-            .env("OPENAI_KEY_LIMITS", "*=2/min")
-            .start();
-        assert!(wait_until(Duration::from_secs(10), || shared_up(
-            proxy.port
-        )));
-        proxy
+        let builder = proxy_to(&mock.url(), &[K1], &[]).env("OPENAI_KEY_LIMITS", "*=2/min");
+        on_redis(builder, redis)
     };
     let (a, b) = (limited(&redis), limited(&redis));
     assert_eq!(chat(a.port).status, 200);

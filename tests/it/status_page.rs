@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::api::post_json;
 use crate::support::http::get;
 use crate::support::mock::{Mock, Reply};
 use crate::support::proxy::{TempDir, proxy_to};
@@ -27,6 +28,21 @@ fn chromium() -> PathBuf {
 }
 
 /// Runs headless Chromium with `args` and a throwaway profile; its stdout. Killed after 60 s.
+/// A screenshot of `url` in a window of `size` (`width,height`), for people, into the target
+/// dir as `name`; checked to be an image of some size.
+fn screenshot(profile: &Path, url: &str, name: &str, size: &str) {
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_file(&shot);
+    let window = format!("--window-size={size}");
+    headless(
+        profile,
+        &[&format!("--screenshot={}", shot.display()), &window, url],
+    );
+    let bytes = std::fs::metadata(&shot).map_or(0, |m| m.len());
+    assert!(bytes > 1000, "no screenshot at {}", shot.display());
+    eprintln!("screenshot: {}", shot.display());
+}
+
 fn headless(profile: &Path, args: &[&str]) -> String {
     let mut child = Command::new(chromium())
         .args([
@@ -86,19 +102,7 @@ fn the_status_page_shows_every_key_with_its_countdown_and_no_full_key() {
         assert!(dom.contains(top), "{top} missing from the header");
     }
     // For people: what a phone shows.
-    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
-    let _ = std::fs::remove_file(&shot);
-    headless(
-        &profile.0,
-        &[
-            &format!("--screenshot={}", shot.display()),
-            "--window-size=412,900",
-            &url,
-        ],
-    );
-    let size = std::fs::metadata(&shot).map_or(0, |m| m.len());
-    assert!(size > 1000, "no screenshot at {}", shot.display());
-    eprintln!("screenshot: {}", shot.display());
+    screenshot(&profile.0, &url, "status-page.png", "412,900");
     // Anything but a browser still gets JSON.
     assert!(
         get(proxy.port, "/status")
@@ -121,12 +125,11 @@ fn the_status_page_charts_the_last_hour_and_loads_nothing_from_outside() {
     let proxy = proxy_to(&mock.url(), &[LIMITED, GOOD], &[])
         .env("OPENAI_KEY_LIMITS", "gpt-4o=50/min")
         .start();
-    let chat = crate::support::http::Req::post(
-        "/openai/v1/chat/completions",
-        br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
-    );
+    let chat =
+        serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
     for _ in 0..5 {
-        assert_eq!(crate::support::http::send(proxy.port, &chat).status, 200);
+        let reply = post_json(proxy.port, "/openai/v1/chat/completions", &chat);
+        assert_eq!(reply.status, 200);
     }
     let url = format!("http://127.0.0.1:{}/status", proxy.port);
     let profile = TempDir::new();
@@ -175,16 +178,5 @@ fn the_status_page_charts_the_last_hour_and_loads_nothing_from_outside() {
     ] {
         assert!(!dom.contains(outside), "{outside} in the page");
     }
-    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page-charts.png");
-    let _ = std::fs::remove_file(&shot);
-    headless(
-        &profile.0,
-        &[
-            &format!("--screenshot={}", shot.display()),
-            "--window-size=412,1400",
-            &url,
-        ],
-    );
-    assert!(std::fs::metadata(&shot).map_or(0, |m| m.len()) > 1000);
-    eprintln!("screenshot: {}", shot.display());
+    screenshot(&profile.0, &url, "status-page-charts.png", "412,1400");
 }
